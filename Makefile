@@ -1,0 +1,33 @@
+# `make demo` and `make test` set everything up themselves (a virtual environment in .venv).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# The CPU build of torch; on a GPU machine install your CUDA build into the venv instead (README).
+TORCH  ?= torch==2.13.0
+DEMO_DATA ?= data/synthetic
+
+.PHONY: setup test demo bench clean-demo
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(PY) data/synthetic.py --out $(DEMO_DATA) --classes 200 --per-class 20 --val-pairs 600 --workers 2
+	$(PY) data/prepare_data.py --source $(DEMO_DATA) --workers 2
+	@echo "Training and verification arrive with the Learner issue (train.py); the data is ready in $(DEMO_DATA)."
+
+bench: $(STAMP)
+	$(PY) bench/data_loader.py
+
+clean-demo:
+	rm -rf $(DEMO_DATA)

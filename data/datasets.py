@@ -1,0 +1,245 @@
+"""Training data: RecordIO and image-folder datasets, augmentation, the DataLoader builder.
+
+Datasets yield `(image, label, side)`: `image` a uint8 RGB CHW tensor, `label` an int, `side` a dict of
+float32 side information (`yaw`, `pitch` in degrees, `height` in metres) for the images that have it
+(`pose.npy` / `height.npy` beside the data, indexed by record key; NaN = unknown). The conversion to float
+and the normalisation happen once per batch, on the device, in `to_model_input`.
+
+Augmentation is drawn from a per-sample random generator seeded by (seed, epoch, index), so a sample's
+augmentation does not depend on which worker loads it or on where a resumed run restarts.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+
+from data.images import ImageDecodeError, decode_rgb
+from data.recordio import RecordError, RecordReader, class_label, detect_layout, read_property
+from config import AugmentConfig
+from utils import UserError
+
+log = logging.getLogger(__name__)
+
+MEAN, STD = 0.5, 0.5  # model input = (x / 255 - MEAN) / STD, DESIGN.md's convention
+
+
+# ---------------------------------------------------------------- augmentation
+
+def augment(rgb: np.ndarray, side: dict, rng: random.Random, cfg: AugmentConfig) -> np.ndarray:
+    """Random flip (negating yaw) and optional long-distance degradation of an HWC RGB uint8 image."""
+    if rng.random() < cfg.flip_prob:
+        rgb = rgb[:, ::-1]
+        if "yaw" in side:
+            side["yaw"] = -side["yaw"]
+    if cfg.downscale_prob and rng.random() < cfg.downscale_prob:
+        rgb = _downscale(rgb, rng.uniform(cfg.downscale_min, 1.0))
+    if cfg.blur_prob and rng.random() < cfg.blur_prob:
+        rgb = cv2.GaussianBlur(np.ascontiguousarray(rgb), (0, 0), rng.uniform(0.3, cfg.blur_sigma_max))
+    if cfg.jpeg_prob and rng.random() < cfg.jpeg_prob:
+        rgb = _recompress(rgb, rng.randint(cfg.jpeg_quality_min, 95))
+    return rgb
+
+
+def _downscale(rgb: np.ndarray, scale: float) -> np.ndarray:
+    height, width = rgb.shape[:2]
+    small = cv2.resize(np.ascontiguousarray(rgb), (max(1, round(width * scale)), max(1, round(height * scale))),
+                       interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def _recompress(rgb: np.ndarray, quality: int) -> np.ndarray:
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    # imencode/imdecode without colour conversion keep the channels as given, so RGB stays RGB
+    return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> random.Random:
+    # Python's Random seeds in ~5 us (NumPy's default_rng takes ~20 us): cheap enough per image.
+    return random.Random(((seed * 1_000_003 + epoch) << 40) + index)
+
+
+# ---------------------------------------------------------------- side information
+
+class SideInfo:
+    """Per-key pose and capture height from `pose.npy` (N, 2) and `height.npy` (N,), memory-mapped."""
+
+    def __init__(self, folder: Path):
+        self.pose = _load_sidecar(folder / "pose.npy", ndim=2)
+        self.height = _load_sidecar(folder / "height.npy", ndim=1)
+
+    def __bool__(self) -> bool:
+        return self.pose is not None or self.height is not None
+
+    def lookup(self, key: int) -> dict:
+        side = {}
+        if self.pose is not None:
+            yaw, pitch = self.pose[key] if key < len(self.pose) else (np.nan, np.nan)
+            side["yaw"], side["pitch"] = np.float32(yaw), np.float32(pitch)
+        if self.height is not None:
+            side["height"] = np.float32(self.height[key] if key < len(self.height) else np.nan)
+        return side
+
+
+def _load_sidecar(path: Path, ndim: int) -> np.ndarray | None:
+    if not path.is_file():
+        return None
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: not a readable .npy array ({err})") from None
+    if array.ndim != ndim or (ndim == 2 and array.shape[1] < 2):
+        raise UserError(f"{path}: unexpected shape {array.shape}")
+    return array
+
+
+# ---------------------------------------------------------------- datasets
+
+class _AugmentedDataset(Dataset):
+    def __init__(self, augment_cfg: AugmentConfig | None, seed: int):
+        self.augment_cfg = augment_cfg
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the augmentation draw; DataLoader workers see it from the next iterator on."""
+        self.epoch = epoch
+
+    def _finish(self, rgb: np.ndarray, label: int, side: dict, index: int):
+        if self.augment_cfg is not None:
+            rgb = augment(rgb, side, sample_rng(self.seed, self.epoch, index), self.augment_cfg)
+        image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+        return image, label, side
+
+
+class RecordDataset(_AugmentedDataset):
+    """Images straight from `train.rec` (any label style of data/recordio.py); no unpacking needed."""
+
+    def __init__(self, folder: str | os.PathLike, augment_cfg: AugmentConfig | None = None, seed: int = 0):
+        super().__init__(augment_cfg, seed)
+        self.folder = Path(folder)
+        self.reader = RecordReader(self.folder / "train.rec", self.folder / "train.idx")
+        self.layout = detect_layout(self.reader)
+        self.keys = self.layout.image_keys
+        self.num_classes = self._num_classes()
+        self.side_info = SideInfo(self.folder)
+
+    def _num_classes(self) -> int:
+        meta_path = self.folder / "meta.json"
+        if meta_path.is_file():
+            return int(json.loads(meta_path.read_text())["num_classes"])
+        prop = read_property(self.folder)
+        if prop is not None:
+            return prop[0]
+        log.warning("%s: no property or meta.json; reading every label to count classes "
+                    "(run data/prepare_data.py once to avoid this)", self.folder)
+        return 1 + max(int(class_label(self.reader.read_unpacked(int(k))[0])) for k in self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index: int):
+        key = int(self.keys[index])
+        header, data = self.reader.read_unpacked(key)
+        try:
+            rgb = decode_rgb(data)
+        except ImageDecodeError as err:
+            raise RecordError(f"{self.reader.rec_path}: record key {key}: {err}") from None
+        return self._finish(rgb, int(class_label(header)), self.side_info.lookup(key), index)
+
+
+class FolderDataset(_AugmentedDataset):
+    """TreB1eN's ImageFolder layout `imgs/<class>/<image>`.
+
+    Class folders named by integers (as `prepare_data.py --unpack` writes them) keep those numbers as labels,
+    so they match the RecordIO labels; other names are numbered in sorted order. Image files named by
+    record key (`<key>.jpg`) find their side information in `pose.npy`/`height.npy` beside `imgs/`.
+    """
+
+    EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+    def __init__(self, root: str | os.PathLike, augment_cfg: AugmentConfig | None = None, seed: int = 0):
+        super().__init__(augment_cfg, seed)
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise UserError(f"{self.root}: image folder not found")
+        self.paths, self.labels = self._index()
+        self.num_classes = int(self.labels.max()) + 1 if len(self.labels) else 0
+        self.side_info = SideInfo(self.root.parent)
+
+    def _index(self) -> tuple[list[Path], np.ndarray]:
+        class_dirs = sorted(p for p in self.root.iterdir() if p.is_dir())
+        if all(d.name.isdigit() for d in class_dirs):
+            labels_of = {d: int(d.name) for d in class_dirs}
+        else:
+            labels_of = {d: i for i, d in enumerate(class_dirs)}
+        paths, labels = [], []
+        for class_dir in class_dirs:
+            for path in sorted(class_dir.iterdir()):
+                if path.suffix.lower() in self.EXTENSIONS:
+                    paths.append(path)
+                    labels.append(labels_of[class_dir])
+        if not paths:
+            raise UserError(f"{self.root}: no images found (expected <class>/<image>.jpg)")
+        return paths, np.asarray(labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        path = self.paths[index]
+        try:
+            rgb = decode_rgb(path.read_bytes())
+        except ImageDecodeError as err:
+            raise UserError(f"{path}: {err}") from None
+        side = self.side_info.lookup(int(path.stem)) if self.side_info and path.stem.isdigit() else {}
+        return self._finish(rgb, int(self.labels[index]), side, index)
+
+
+def open_dataset(path: str | os.PathLike, augment_cfg: AugmentConfig | None = None, seed: int = 0):
+    """A RecordDataset for a RecordIO folder, a FolderDataset for an image folder (or a folder holding imgs/)."""
+    path = Path(path)
+    if (path / "train.rec").is_file():
+        return RecordDataset(path, augment_cfg, seed)
+    if (path / "imgs").is_dir():
+        return FolderDataset(path / "imgs", augment_cfg, seed)
+    if path.is_dir():
+        return FolderDataset(path, augment_cfg, seed)
+    raise UserError(f"{path}: neither a RecordIO folder (train.rec) nor an image folder")
+
+
+# ---------------------------------------------------------------- loading
+
+def build_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, shuffle: bool = True,
+                 seed: int = 0, drop_last: bool = True, pin_memory: bool | None = None) -> DataLoader:
+    """DataLoader with a DistributedSampler when torch.distributed is initialised.
+
+    Workers are not persistent, so each epoch's iterator sees the dataset's current `set_epoch`.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    elif shuffle:
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    else:
+        sampler = SequentialSampler(dataset)
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      pin_memory=pin_memory, drop_last=drop_last,
+                      prefetch_factor=4 if num_workers > 0 else None)
+
+
+def to_model_input(images: torch.Tensor, device: torch.device | str = "cpu",
+                   channels_last: bool = False) -> torch.Tensor:
+    """uint8 RGB NCHW batch -> normalised float32 model input on `device` (the one place this happens)."""
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images.float().div_(255.0).sub_(MEAN).div_(STD)

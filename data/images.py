@@ -1,0 +1,56 @@
+"""The one place where image bytes become RGB uint8 arrays and back (OpenCV, no PIL in the hot path)."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+cv2.setNumThreads(1)  # DataLoader workers already give the parallelism; OpenCV's own threads only contend
+
+JPEG_SOI = b"\xff\xd8"
+JPEG_EOI = b"\xff\xd9"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not a complete JPEG/PNG image (callers add the file and record key)."""
+
+
+def check_image_bytes(data: bytes | memoryview) -> None:
+    """Cheap structural check: a known signature and, for JPEG, the end-of-image marker.
+
+    OpenCV decodes a truncated JPEG into a partly grey image with only a warning, so truncation
+    must be caught from the bytes themselves. The end marker is looked for near the end, not at it,
+    because some encoders leave a few bytes after it; inside the compressed data 0xFF is always
+    byte-stuffed, so FF D9 there can only be the real end marker.
+    """
+    head = bytes(data[:8])
+    if head.startswith(JPEG_SOI):
+        if JPEG_EOI not in bytes(data[-64:]):
+            raise ImageDecodeError("truncated JPEG (no end-of-image marker)")
+    elif head != PNG_SIGNATURE:
+        raise ImageDecodeError("not a JPEG or PNG image")
+
+
+def decode_rgb(data: bytes | memoryview | np.ndarray) -> np.ndarray:
+    """Decode JPEG/PNG bytes to an HxWx3 RGB uint8 array; raise ImageDecodeError if corrupt."""
+    check_image_bytes(data)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    image = cv2.imdecode(buf, cv2.IMREAD_COLOR_RGB)
+    if image is None:
+        raise ImageDecodeError("corrupt image data")
+    return image
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
+    """Encode an HxWx3 RGB uint8 array as JPEG bytes."""
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()

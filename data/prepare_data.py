@@ -1,0 +1,260 @@
+"""Validate and index an emore-style RecordIO folder, convert its verification .bin sets, optionally unpack.
+
+    python data/prepare_data.py [--source data/faces_emore] [--out DIR] [--unpack] [--workers N]
+                                [--skip_decode_check] [--force]
+
+Steps (each with a progress bar, each skipped on a re-run when its outputs are complete):
+  1. scan     every record of train.rec through train.idx: framing, magic, lengths, labels within
+              [0, num_classes), image bytes (decoded unless --skip_decode_check); writes meta.json
+  2. valsets  every *.bin in the source (lfw, agedb_30, cfp_fp, ...) -> <out>/<name>/images.npy, issame.npy
+  3. unpack   (--unpack) imgs/<class>/<key>.jpg holding the stored image bytes unchanged
+Every output is written under a temporary name and renamed, so an interrupted run damages nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python data/prepare_data.py`: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+from tqdm import tqdm
+
+from data.images import ImageDecodeError, check_image_bytes, decode_rgb
+from data.recordio import (RecordError, RecordLayout, RecordReader, class_label, detect_layout,
+                           read_property, read_record_at, unpack)
+from data.valsets import convert_bin, is_converted
+from utils import UserError, atomic_write_bytes, atomic_write_text, run_cli
+
+CHUNK = 2048
+
+
+# ---------------------------------------------------------------- step 1: scan
+
+def source_fingerprint(source: Path) -> dict:
+    """Size and modification time of the files meta.json was computed from (decides re-use on a re-run)."""
+    files = {}
+    for name in ("train.rec", "train.idx", "property"):
+        path = source / name
+        if path.is_file():
+            stat = path.stat()
+            files[name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return files
+
+
+def check_source(source: Path) -> None:
+    if not source.is_dir():
+        raise UserError(f"--source {source}: folder not found (expected train.rec, train.idx, property)")
+    for name in ("train.rec", "train.idx"):
+        if not (source / name).is_file():
+            raise UserError(f"{source / name}: file not found (a RecordIO folder needs train.rec and train.idx)")
+
+
+def scan_records(source: Path, workers: int, decode: bool) -> dict:
+    """Check every record; return the meta.json contents."""
+    reader = RecordReader(source / "train.rec", source / "train.idx")
+    layout = detect_layout(reader)
+    prop = read_property(source)
+    image_keys = np.sort(layout.image_keys)
+    offsets = np.array([reader.offset_of(int(k)) for k in image_keys], dtype=np.int64)
+    labels = _scan_images(reader, image_keys, offsets, workers, decode)
+    _check_identity_records(reader, layout)
+    num_classes, image_size = _class_count(source, prop, labels, image_keys)
+    return {"num_images": int(len(image_keys)), "num_classes": int(num_classes),
+            "image_size": list(image_size), "label_style": layout.label_style,
+            "source_files": source_fingerprint(source)}
+
+
+def _scan_images(reader: RecordReader, keys: np.ndarray, offsets: np.ndarray, workers: int,
+                 decode: bool) -> np.ndarray:
+    jobs = [(str(reader.rec_path), keys[i:i + CHUNK], offsets[i:i + CHUNK], decode)
+            for i in range(0, len(keys), CHUNK)]
+    labels = np.empty(len(keys), dtype=np.int64)
+    done = 0
+    with tqdm(total=len(keys), desc="scan train.rec", unit="img", smoothing=0.1) as bar:
+        for chunk_labels, error in _map(_scan_chunk, jobs, workers):
+            if error is not None:
+                raise RecordError(error)
+            labels[done:done + len(chunk_labels)] = chunk_labels
+            done += len(chunk_labels)
+            bar.update(len(chunk_labels))
+    return labels
+
+
+def _scan_chunk(job) -> tuple[np.ndarray, str | None]:
+    """Check one chunk of image records (runs in a worker); return (labels, first error or None)."""
+    rec_path, keys, offsets, decode = job
+    reader_map = _worker_map(rec_path)
+    labels = np.empty(len(keys), dtype=np.int64)
+    for i, (key, offset) in enumerate(zip(keys.tolist(), offsets.tolist())):
+        where = f"{rec_path}: record key {key} at offset {offset}"
+        try:
+            payload, _ = read_record_at(reader_map, offset)
+            header, data = unpack(payload)
+            check_image_bytes(data)
+            if decode:
+                decode_rgb(data)
+        except (ValueError, ImageDecodeError) as err:
+            return labels[:i], f"{where}: {err}"
+        label = class_label(header)
+        if not float(label).is_integer() or label < 0:
+            return labels[:i], f"{where}: label {label} is not a class index (a non-negative integer)"
+        labels[i] = int(label)
+    return labels, None
+
+
+_MAPS: dict = {}
+
+
+def _worker_map(rec_path: str):
+    """One read-only mapping of the .rec per process (workers reuse theirs across chunks)."""
+    if rec_path not in _MAPS:
+        import mmap
+        with open(rec_path, "rb") as f:
+            _MAPS[rec_path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    return _MAPS[rec_path]
+
+
+def _check_identity_records(reader: RecordReader, layout: RecordLayout) -> None:
+    for key in layout.identity_keys.tolist():
+        header, _ = reader.read_unpacked(key)
+        if header.flag < 2:
+            raise RecordError(f"{reader.rec_path}: identity record key {key} has no [first, end) key range label")
+
+
+def _class_count(source: Path, prop, labels: np.ndarray, keys: np.ndarray) -> tuple[int, tuple[int, int]]:
+    if len(labels) == 0:
+        raise RecordError(f"{source / 'train.rec'}: no image records")
+    if prop is None:
+        return int(labels.max()) + 1, (112, 112)
+    num_classes, image_size = prop
+    bad = np.flatnonzero(labels >= num_classes)
+    if len(bad):
+        key = int(keys[bad[0]])
+        raise RecordError(f"{source / 'train.rec'}: record key {key}: label {int(labels[bad[0]])} outside "
+                          f"[0, {num_classes}) ({source / 'property'} declares {num_classes} classes)")
+    return num_classes, image_size
+
+
+def _map(func, jobs, workers: int):
+    if workers > 1 and len(jobs) > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            yield from pool.imap(func, jobs)
+    else:
+        yield from map(func, jobs)
+
+
+def prepare_meta(source: Path, out: Path, workers: int, decode: bool, force: bool) -> dict:
+    meta_path = out / "meta.json"
+    if meta_path.is_file() and not force:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("source_files") == source_fingerprint(source):
+            print(f"scan: {meta_path} is up to date ({meta['num_images']} images, {meta['num_classes']} classes)")
+            return meta
+    start = time.perf_counter()
+    meta = scan_records(source, workers, decode)
+    elapsed = time.perf_counter() - start
+    atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+    print(f"scan: {meta['num_images']} images, {meta['num_classes']} classes, label style "
+          f"{meta['label_style']} in {elapsed:.1f} s ({meta['num_images'] / max(elapsed, 1e-9):.0f} img/s)")
+    return meta
+
+
+# ---------------------------------------------------------------- step 2: val sets
+
+def prepare_valsets(source: Path, out: Path, workers: int, force: bool) -> list[str]:
+    names = []
+    for bin_path in sorted(source.glob("*.bin")):
+        name = bin_path.stem
+        names.append(name)
+        if is_converted(out, name) and not force:
+            print(f"valsets: {name} already converted")
+            continue
+        with tqdm(desc=f"convert {bin_path.name}", unit="img") as bar:
+            convert_bin(bin_path, out, workers=workers, progress=bar.update)
+    return names
+
+
+# ---------------------------------------------------------------- step 3: unpack
+
+def unpack_images(source: Path, out: Path, workers: int, force: bool) -> None:
+    """imgs/<class>/<key>.jpg with the stored bytes as they are (no re-encode, so no quality loss)."""
+    imgs = out / "imgs"
+    done_marker = imgs / ".complete"
+    if done_marker.is_file() and not force:
+        print(f"unpack: {imgs} already complete")
+        return
+    reader = RecordReader(source / "train.rec", source / "train.idx")
+    keys = np.sort(detect_layout(reader).image_keys)
+    offsets = np.array([reader.offset_of(int(k)) for k in keys], dtype=np.int64)
+    jobs = [(str(reader.rec_path), str(imgs), keys[i:i + CHUNK], offsets[i:i + CHUNK])
+            for i in range(0, len(keys), CHUNK)]
+    with tqdm(total=len(keys), desc="unpack", unit="img", smoothing=0.1) as bar:
+        for written, error in _map(_unpack_chunk, jobs, workers):
+            if error is not None:
+                raise RecordError(error)
+            bar.update(written)
+    atomic_write_text(done_marker, f"{len(keys)}\n")
+
+
+def _unpack_chunk(job) -> tuple[int, str | None]:
+    rec_path, imgs, keys, offsets = job
+    buf = _worker_map(rec_path)
+    for key, offset in zip(keys.tolist(), offsets.tolist()):
+        try:
+            header, data = unpack(read_record_at(buf, offset)[0])
+            check_image_bytes(data)
+        except (ValueError, ImageDecodeError) as err:
+            return 0, f"{rec_path}: record key {key} at offset {offset}: {err}"
+        target = Path(imgs) / str(int(class_label(header))) / f"{key}{_extension(data)}"
+        if not target.exists():  # each file appears by rename, so an existing one is whole
+            atomic_write_bytes(target, data, durable=False)
+    return len(keys), None
+
+
+def _extension(data) -> str:
+    return ".jpg" if bytes(data[:2]) == b"\xff\xd8" else ".png"
+
+
+# ---------------------------------------------------------------- CLI
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--source", type=Path, default=Path("data/faces_emore"),
+                        help="RecordIO folder: train.rec, train.idx, property and the *.bin val sets")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: --source)")
+    parser.add_argument("--unpack", action="store_true",
+                        help="also write imgs/<class>/<key>.jpg (TreB1eN's folder layout; not needed to train)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes")
+    parser.add_argument("--skip_decode_check", action="store_true",
+                        help="check image bytes structurally only, without decoding every image (faster)")
+    parser.add_argument("--force", action="store_true", help="redo every step even where outputs are complete")
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    source, out = args.source, args.out or args.source
+    check_source(source)
+    out.mkdir(parents=True, exist_ok=True)
+    prepare_meta(source, out, args.workers, not args.skip_decode_check, args.force)
+    names = prepare_valsets(source, out, args.workers, args.force)
+    print(f"valsets: {', '.join(names) if names else 'no *.bin files found'}")
+    if args.unpack:
+        unpack_images(source, out, args.workers, args.force)
+    print(f"prepared {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,161 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data.prepare_data import main
+from data.recordio import RecordReader, class_label
+from data.valsets import load_valset, write_bin
+from tests.helpers import jpeg, write_emore
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).parent / "fixtures" / "mxnet"
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, str(ROOT / "data/prepare_data.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT)
+
+
+@pytest.fixture
+def emore(tmp_path):
+    folder = write_emore(tmp_path / "emore", num_classes=3, per_class=3)
+    write_bin(folder / "lfw.bin", [jpeg(100 + i) for i in range(8)], [True, False, True, False])
+    write_bin(folder / "cfp_fp.bin", [jpeg(200 + i) for i in range(4)], [True, False])
+    return folder
+
+
+def test_prepare_everything(emore, capsys):
+    assert main(["--source", str(emore), "--workers", "1", "--unpack"]) == 0
+    meta = json.loads((emore / "meta.json").read_text())
+    assert meta["num_images"] == 9 and meta["num_classes"] == 3 and meta["image_size"] == [112, 112]
+    assert meta["label_style"] == "emore" and set(meta["source_files"]) == {"train.rec", "train.idx", "property"}
+    images, issame = load_valset(emore, "lfw")
+    assert images.shape == (8, 3, 112, 112) and issame.tolist() == [True, False, True, False]
+    assert load_valset(emore, "cfp_fp")[0].shape == (4, 3, 112, 112)
+    reader = RecordReader(emore / "train.rec")
+    for key in range(1, 10):  # unpacked files hold the stored bytes, unchanged, under their class
+        header, data = reader.read_unpacked(key)
+        assert (emore / "imgs" / str(int(class_label(header))) / f"{key}.jpg").read_bytes() == bytes(data)
+    assert len(list((emore / "imgs").rglob("*.jpg"))) == 9
+
+
+def test_rerun_skips_complete_steps(emore, capsys):
+    main(["--source", str(emore), "--workers", "1", "--unpack"])
+    stamps = {p: p.stat().st_mtime_ns for p in emore.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    main(["--source", str(emore), "--workers", "1", "--unpack"])
+    out = capsys.readouterr().out
+    assert "up to date" in out and "lfw already converted" in out and "already complete" in out
+    assert {p: p.stat().st_mtime_ns for p in emore.rglob("*") if p.is_file()} == stamps
+
+
+def test_out_folder_and_parallel_workers(emore, tmp_path):
+    main(["--source", str(emore), "--out", str(tmp_path / "one"), "--workers", "1", "--unpack"])
+    main(["--source", str(emore), "--out", str(tmp_path / "two"), "--workers", "2", "--unpack"])
+    for name in ("meta.json", "lfw/images.npy", "cfp_fp/issame.npy", "imgs/2/9.jpg"):
+        one, two = (tmp_path / "one" / name).read_bytes(), (tmp_path / "two" / name).read_bytes()
+        assert one == two, name
+    assert not (emore / "meta.json").exists()
+
+
+@pytest.mark.parametrize("name, style, classes, images", [
+    ("emore", "emore", 3, 8), ("array_label", "array", 4, 7), ("im2rec", "im2rec", None, 5), ("split", "im2rec", None, 5)])
+def test_prepare_mxnet_fixtures(name, style, classes, images, tmp_path):
+    main(["--source", str(FIXTURES / name), "--out", str(tmp_path), "--workers", "1"])
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["label_style"] == style and meta["num_images"] == images
+    records = json.loads((FIXTURES / name / "manifest.json").read_text())["records"]
+    labels = [r["label"] if isinstance(r["label"], float) else r["label"][0] for r in records if r["img_len"]]
+    assert meta["num_classes"] == (classes if classes is not None else int(max(labels)) + 1)
+
+
+# ---------------------------------------------------------------- bad input: one line, exit 2, nothing damaged
+
+def assert_user_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[-1], lines[-1]
+
+
+def test_missing_source(tmp_path):
+    assert_user_error(run_cli("--source", tmp_path / "nowhere"), "nowhere: folder not found")
+    (tmp_path / "train.rec").write_bytes(b"")
+    assert_user_error(run_cli("--source", tmp_path), "train.idx: file not found")
+
+
+def test_bad_flag():
+    result = run_cli("--workers", "0")
+    assert result.returncode == 2 and "--workers must be >= 1" in result.stderr
+
+
+def corrupt(path: Path, offset: int, value: bytes):
+    data = bytearray(path.read_bytes())
+    data[offset:offset + len(value)] = value
+    path.write_bytes(bytes(data))
+
+
+def offset_of(folder, key):
+    return RecordReader(folder / "train.rec").offset_of(key)
+
+
+def test_bad_magic_keeps_meta(emore):
+    assert run_cli("--source", emore, "--workers", "1").returncode == 0
+    meta_before = (emore / "meta.json").read_bytes()
+    corrupt(emore / "train.rec", offset_of(emore, 4), b"\x00\x00\x00\x00")
+    assert_user_error(run_cli("--source", emore, "--workers", "1"), "train.rec: record key 4", "bad magic")
+    assert (emore / "meta.json").read_bytes() == meta_before
+    assert not list(emore.glob(".*.tmp"))
+
+
+def test_truncated_rec(emore):
+    data = (emore / "train.rec").read_bytes()
+    (emore / "train.rec").write_bytes(data[:offset_of(emore, 7) + 50])
+    assert_user_error(run_cli("--source", emore), "record key 7", "truncated")
+
+
+def test_idx_offset_past_end(emore):
+    lines = (emore / "train.idx").read_text().splitlines()
+    lines[5] = "5\t99999999"
+    (emore / "train.idx").write_text("\n".join(lines) + "\n")
+    assert_user_error(run_cli("--source", emore), "record key 5 at offset 99999999")
+
+
+def test_label_out_of_range(emore):
+    (emore / "property").write_text("2,112,112")
+    assert_user_error(run_cli("--source", emore), "record key 7: label 2 outside [0, 2)", "property")
+
+
+def test_corrupt_jpeg(tmp_path):
+    # a JPEG whose headers are garbage: OpenCV cannot decode it
+    folder = write_emore(tmp_path / "bad", image=lambda key: jpeg(key)[:2] + b"\x00" * 30 + jpeg(key)[32:]
+                         if key == 5 else jpeg(key))
+    assert_user_error(run_cli("--source", folder), "record key 5", "corrupt image data")
+    # the structural check alone does not decode, so --skip_decode_check lets it through
+    assert run_cli("--source", folder, "--skip_decode_check").returncode == 0
+
+
+def test_truncated_jpeg(tmp_path):
+    # OpenCV decodes a truncated JPEG with only a warning; the missing end marker must catch it
+    folder = write_emore(tmp_path / "trunc", image=lambda key: jpeg(key)[:400] if key == 5 else jpeg(key))
+    assert_user_error(run_cli("--source", folder, "--skip_decode_check"), "record key 5", "truncated JPEG")
+
+
+def test_not_an_image(tmp_path):
+    folder = write_emore(tmp_path / "bad", image=lambda key: b"hello" * 10 if key == 2 else jpeg(key))
+    assert_user_error(run_cli("--source", folder, "--skip_decode_check"), "record key 2", "not a JPEG or PNG")
+
+
+def test_bad_bin_keeps_converted_sets(emore):
+    assert run_cli("--source", emore).returncode == 0
+    before = (emore / "lfw" / "images.npy").read_bytes()
+    (emore / "lfw" / "issame.npy").unlink()  # force lfw to be redone
+    (emore / "lfw.bin").write_bytes(b"not a pickle at all")
+    assert_user_error(run_cli("--source", emore), "lfw.bin: not a verification .bin pickle")
+    assert (emore / "lfw" / "images.npy").read_bytes() == before
+    assert np.load(emore / "cfp_fp" / "issame.npy").tolist() == [True, False]

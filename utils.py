@@ -1,0 +1,85 @@
+"""Small helpers shared by every module: user-facing errors, atomic writes, logging set-up, seeding."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+
+class UserError(Exception):
+    """An error the user caused (bad flag, missing or corrupt file): shown as one line, exit status 2."""
+
+
+def run_cli(main: Callable[[], int | None]) -> None:
+    """Run a CLI entry point; a UserError becomes one 'error: ...' line on stderr and exit status 2."""
+    try:
+        code = main()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds.
+
+    A crash or an error inside the block leaves any earlier `path` untouched and removes the
+    temporary file, so readers never see a half-written output. `durable` flushes the data to disk
+    before the rename (skip it only for many small files whose loss a re-run repairs).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> None:
+    with atomic_path(path, durable) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """np.save to a temporary name, then rename (np.save itself would append '.npy' to the temp name)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        import torch
+        torch.manual_seed(seed)
+    except ImportError:  # the data tools work without torch
+        pass
