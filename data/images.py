@@ -23,11 +23,11 @@ def check_image_bytes(data: bytes | memoryview) -> None:
     because some encoders leave a few bytes after it; inside the compressed data 0xFF is always
     byte-stuffed, so FF D9 there can only be the real end marker.
     """
-    head = bytes(data[:8])
-    if head.startswith(JPEG_SOI):
-        if JPEG_EOI not in bytes(data[-64:]):
+    view = memoryview(data).cast("B")
+    if view[:2] == JPEG_SOI:
+        if JPEG_EOI not in view[-64:].tobytes():
             raise ImageDecodeError("truncated JPEG (no end-of-image marker)")
-    elif head != PNG_SIGNATURE:
+    elif view[:8] != PNG_SIGNATURE:
         raise ImageDecodeError("not a JPEG or PNG image")
 
 

@@ -62,7 +62,7 @@ def scan_records(source: Path, workers: int, decode: bool) -> dict:
     layout = detect_layout(reader)
     prop = read_property(source)
     image_keys = np.sort(layout.image_keys)
-    offsets = np.array([reader.offset_of(int(k)) for k in image_keys], dtype=np.int64)
+    offsets = reader.offsets_of(image_keys)
     labels = _scan_images(reader, image_keys, offsets, workers, decode)
     _check_identity_records(reader, layout)
     num_classes, image_size = _class_count(source, prop, labels, image_keys)
@@ -192,7 +192,7 @@ def unpack_images(source: Path, out: Path, workers: int, force: bool) -> None:
         return
     reader = RecordReader(source / "train.rec", source / "train.idx")
     keys = np.sort(detect_layout(reader).image_keys)
-    offsets = np.array([reader.offset_of(int(k)) for k in keys], dtype=np.int64)
+    offsets = reader.offsets_of(keys)
     jobs = [(str(reader.rec_path), str(imgs), keys[i:i + CHUNK], offsets[i:i + CHUNK])
             for i in range(0, len(keys), CHUNK)]
     with tqdm(total=len(keys), desc="unpack", unit="img", smoothing=0.1) as bar:

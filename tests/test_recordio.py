@@ -158,6 +158,9 @@ def test_idx_offset_past_end(tmp_path):
 
 def test_bad_index_file(tmp_path):
     folder = copy_fixture(tmp_path)
+    (folder / "train.idx").write_text("0\t0\n3\t40\n3\t80\n")
+    with pytest.raises(RecordError, match="train.idx: record key 3 appears more than once"):
+        RecordReader(folder / "train.rec")
     (folder / "train.idx").write_text("0\tzero\n")
     with pytest.raises(RecordError, match="train.idx: not an index file"):
         RecordReader(folder / "train.rec")
