@@ -8,7 +8,8 @@
 
 Rounds alternate between the three so that a noisy neighbour slows all of them alike; each rate is the
 median over rounds. Targets: RecordDataset >= 80% of raw decode, >= 2x the TreB1eN-style rate.
-Also prints whole-DataLoader rates (2 workers, batch 64) for RecordDataset and the TreB1eN-style dataset.
+Also prints steady-state DataLoader rates (2 workers, batch 64) for RecordDataset and the TreB1eN-style
+dataset, to the main process.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from config import AugmentConfig
 from data.datasets import RecordDataset, build_loader
@@ -88,15 +89,20 @@ def measure(data: Path, rounds: int) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in rates.items()}
 
 
-def loader_rates(data: Path, batch_size: int = 64, workers: int = 2) -> dict[str, float]:
-    ours = build_loader(RecordDataset(data, AugmentConfig()), batch_size, num_workers=workers)
-    treb1en = DataLoader(TreB1eNStyleDataset(data / "imgs"), batch_size=batch_size, shuffle=True,
-                         num_workers=workers, drop_last=True)
+def loader_rates(data: Path, batch_size: int = 64, workers: int = 2, repeats: int = 8,
+                 warmup_batches: int = 4) -> dict[str, float]:
+    """Steady-state DataLoader rates: the data set is repeated so that forking the workers and filling
+    their queues (timed out through the warm-up batches) does not dominate a small benchmark set."""
+    ours = build_loader(ConcatDataset([RecordDataset(data, AugmentConfig())] * repeats), batch_size,
+                        num_workers=workers)
+    treb1en = DataLoader(ConcatDataset([TreB1eNStyleDataset(data / "imgs")] * repeats), batch_size=batch_size,
+                         shuffle=True, num_workers=workers, drop_last=True, prefetch_factor=4)
     out = {}
     for name, loader in (("RecordDataset", ours), ("TreB1eN-style", treb1en)):
         count = 0
-        start = time.perf_counter()
-        for images, *_ in loader:
+        for batch_index, (images, *_) in enumerate(loader):
+            if batch_index == warmup_batches:
+                start, count = time.perf_counter(), 0
             count += len(images)
         out[name] = count / (time.perf_counter() - start)
     return out

@@ -7,8 +7,8 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from config import AugmentConfig
-from data.datasets import (FolderDataset, RecordDataset, augment, build_loader, open_dataset, sample_rng,
-                           to_model_input)
+from data.datasets import (FolderDataset, RecordDataset, augment, build_loader, collate_batch, open_dataset,
+                           sample_rng, to_model_input)
 from data.images import decode_rgb
 from data.prepare_data import main as prepare
 from data.recordio import RecordError, RecordReader
@@ -40,8 +40,8 @@ def test_record_dataset_items(emore):
     for index in range(12):
         image, label, side = dataset[index]
         key = index + 1
-        assert image.dtype == torch.uint8 and image.shape == (3, 112, 112)
-        np.testing.assert_array_equal(image.numpy(), decode_rgb(reader.read_unpacked(key)[1]).transpose(2, 0, 1))
+        assert image.dtype == np.uint8 and image.shape == (3, 112, 112)
+        np.testing.assert_array_equal(image, decode_rgb(reader.read_unpacked(key)[1]).transpose(2, 0, 1))
         assert label == index // 4
         assert side["yaw"] == pytest.approx(-90 + 180 * index / 11) and side["pitch"] == 5.0
         assert side["height"] == index and side["yaw"].dtype == np.float32
@@ -67,7 +67,7 @@ def test_flip_negates_yaw(emore):
     flipped = RecordDataset(emore, AugmentConfig(flip_prob=1.0))
     image, _, side = plain[2]
     image_f, _, side_f = flipped[2]
-    np.testing.assert_array_equal(image_f.numpy(), image.numpy()[:, :, ::-1])
+    np.testing.assert_array_equal(image_f, image[:, :, ::-1])
     assert side_f["yaw"] == -side["yaw"] and side_f["pitch"] == side["pitch"]
 
 
@@ -75,11 +75,11 @@ def test_augmentation_depends_on_seed_epoch_index_only(emore):
     cfg = AugmentConfig(flip_prob=0.5, downscale_prob=0.5, blur_prob=0.5, jpeg_prob=0.5)
     one, two = RecordDataset(emore, cfg, seed=3), RecordDataset(emore, cfg, seed=3)
     for index in range(12):
-        assert torch.equal(one[index][0], two[index][0])
+        np.testing.assert_array_equal(one[index][0], two[index][0])
     draws = [[sample_rng(3, epoch, i).random() for i in range(12)] for epoch in (0, 1)]
     assert draws[0] != draws[1]
     one.set_epoch(1)
-    assert any(not torch.equal(one[i][0], two[i][0]) for i in range(12))
+    assert any(not np.array_equal(one[i][0], two[i][0]) for i in range(12))
 
 
 def test_degradation_removes_detail():
@@ -104,7 +104,8 @@ def test_folder_dataset_matches_records(emore):
     for index, key in enumerate(records.keys.tolist()):
         image, label, side = records[index]
         image_f, label_f, side_f = folder[by_key[key]]
-        assert torch.equal(image, image_f) and label == label_f and side == side_f
+        np.testing.assert_array_equal(image, image_f)
+        assert label == label_f and side == side_f
 
 
 def test_folder_dataset_with_named_classes(tmp_path):
@@ -139,9 +140,21 @@ def test_loader_batches(emore, workers):
     images, labels, side = batches[0]
     assert images.dtype == torch.uint8 and images.shape == (5, 3, 112, 112)
     assert labels.dtype == torch.int64 and side["yaw"].dtype == torch.float32 and side["height"].shape == (5,)
+    flips = [not np.array_equal(dataset[i][0], RecordDataset(emore)[i][0]) for i in range(12)]
+    assert 0 < sum(flips) < 12  # flip_prob 0.5: some flipped, some not
     reference = list(build_loader(dataset, batch_size=5, num_workers=0, seed=7))
     for (a, la, sa), (b, lb, sb) in zip(batches, reference):  # same order and augmentation with any worker count
         assert torch.equal(a, b) and torch.equal(la, lb) and torch.equal(sa["yaw"], sb["yaw"])
+
+
+def test_collate_batch_copies_flipped_views(emore):
+    dataset = RecordDataset(emore, AugmentConfig(flip_prob=1.0))
+    items = [dataset[i] for i in range(4)]
+    images, labels, side = collate_batch(items)
+    assert images.dtype == torch.uint8 and images.is_contiguous() and images.shape == (4, 3, 112, 112)
+    for i, (image, label, item_side) in enumerate(items):
+        np.testing.assert_array_equal(images[i].numpy(), image)
+        assert labels[i] == label and side["yaw"][i] == item_side["yaw"]
 
 
 def test_loader_uses_distributed_sampler(emore):
