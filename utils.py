@@ -1,6 +1,7 @@
 """Small helpers shared by every module: user-facing errors, atomic writes, logging set-up, seeding."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
@@ -15,6 +16,14 @@ import numpy as np
 
 class UserError(Exception):
     """An error the user caused (bad flag, missing or corrupt file): shown as one line, exit status 2."""
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse with errors as UserError: one 'error: ...' line and exit status 2 through run_cli,
+    instead of argparse's usage dump."""
+
+    def error(self, message):
+        raise UserError(message)
 
 
 def run_cli(main: Callable[[], int | None]) -> None:

@@ -30,7 +30,7 @@ from data.images import ImageDecodeError, check_image_bytes, decode_rgb
 from data.recordio import (RecordError, RecordLayout, RecordReader, class_label, detect_layout,
                            read_property, read_record_at, unpack)
 from data.valsets import convert_bin, is_converted
-from utils import UserError, atomic_write_bytes, atomic_write_text, run_cli
+from utils import CliParser, UserError, atomic_write_bytes, atomic_write_text, run_cli
 
 CHUNK = 2048
 
@@ -225,7 +225,7 @@ def _extension(data) -> str:
 # ---------------------------------------------------------------- CLI
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    parser = CliParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--source", type=Path, default=Path("data/faces_emore"),
                         help="RecordIO folder: train.rec, train.idx, property and the *.bin val sets")

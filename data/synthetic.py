@@ -58,7 +58,7 @@ from tqdm import tqdm
 from data.images import encode_jpeg
 from data.recordio import IRHeader, RecordWriter, pack, write_property
 from data.valsets import write_bin
-from utils import UserError, atomic_save_npy, atomic_write_text, run_cli, setup_logging
+from utils import CliParser, UserError, atomic_save_npy, atomic_write_text, run_cli, setup_logging
 
 RENDER_SIZE = 64
 IMAGE_SIZE = 112
@@ -609,13 +609,8 @@ def generate(out_dir: str | Path, num_classes: int, per_class: int, *, val_class
 
 
 # ---- CLI
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one clear line and exit status 2 through run_cli, not argparse's usage dump
-        raise UserError(message)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = _Parser(description="Generate an emore-format synthetic face data set with known head pose.")
+    parser = CliParser(description="Generate an emore-format synthetic face data set with known head pose.")
     parser.add_argument("--out", default="data/synthetic", help="output folder (default: data/synthetic)")
     parser.add_argument("--classes", type=int, default=200, help="training identities (default: 200)")
     parser.add_argument("--per-class", type=int, default=30, help="images per identity (default: 30)")
