@@ -1,0 +1,59 @@
+"""Embedding images with a backbone: uint8 batches streamed from arrays or memmaps, flip TTA, channel order.
+
+The one place where stored images become embeddings, for evaluation during training, eval.py and the
+facebank: a batch of uint8 RGB NCHW pixels is read (a memmap slice touches only those pages), put in the
+model's channel order, normalised on the device (`data.datasets.to_model_input`) and embedded. With
+`flip=True` the embedding is the L2-normalised sum of the embeddings of the image and its horizontal
+flip (TreB1eN's `tta`). Nothing but one batch is ever held as float.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from data.datasets import to_model_input
+
+CHANNEL_ORDERS = ("RGB", "BGR")
+
+
+def in_channel_order(images: torch.Tensor, order: str) -> torch.Tensor:
+    """RGB NCHW images as the model expects them: TreB1eN's published weights were in effect trained on BGR."""
+    if order not in CHANNEL_ORDERS:
+        raise ValueError(f"channel order must be one of {CHANNEL_ORDERS}, got {order!r}")
+    return images.flip(1) if order == "BGR" else images
+
+
+@torch.inference_mode()
+def embed_images(model: torch.nn.Module, images: np.ndarray, batch_size: int = 256,
+                 device: torch.device | str = "cpu", flip: bool = True, channel_order: str = "RGB",
+                 amp_dtype: torch.dtype | None = None, progress=None) -> np.ndarray:
+    """L2-normalised float32 embeddings (N, E) of uint8 RGB images (N, 3, H, W), in batches.
+
+    `amp_dtype` (torch.bfloat16 / torch.float16) runs the model under autocast; `progress(n)` is called
+    after each batch.
+    """
+    if images.ndim != 4 or images.shape[1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"expected uint8 images (N, 3, H, W), got {images.dtype} {images.shape}")
+    was_training = model.training
+    model.eval()
+    device = torch.device(device)
+    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
+                else contextlib.nullcontext())
+    chunks = []
+    try:
+        for start in range(0, len(images), batch_size):
+            pixels = torch.from_numpy(np.array(images[start:start + batch_size]))  # reads the pages once
+            x = to_model_input(in_channel_order(pixels, channel_order), device)
+            with autocast:
+                embeddings = model(x).float()
+                if flip:
+                    embeddings = embeddings + model(x.flip(3)).float()
+            chunks.append(F.normalize(embeddings, dim=1).cpu().numpy())
+            if progress is not None:
+                progress(len(pixels))
+    finally:
+        model.train(was_training)
+    return np.concatenate(chunks) if chunks else np.empty((0, 0), dtype=np.float32)

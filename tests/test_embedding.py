@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from embedding import embed_images, in_channel_order
+
+
+class TinyNet(torch.nn.Module):
+    """Not flip-invariant and not channel-symmetric, so the tests can see both."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(3 * 8 * 8, 16)
+
+    def forward(self, x):
+        return F.normalize(self.linear(x.flatten(1)), dim=1)
+
+
+def reference(model, images, flip, bgr):
+    x = torch.from_numpy(images.astype(np.float32) / 255.0)
+    if bgr:
+        x = x.flip(1)
+    x = (x - 0.5) / 0.5
+    with torch.no_grad():
+        emb = model(x) + (model(x.flip(3)) if flip else 0)
+    return F.normalize(emb, dim=1).numpy()
+
+
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("order", ["RGB", "BGR"])
+def test_batches_flip_and_channel_order(tmp_path, flip, order):
+    images = np.random.default_rng(0).integers(0, 256, (13, 3, 8, 8), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    stored = np.load(tmp_path / "images.npy", mmap_mode="r")  # streamed from a memmap, as eval does
+    model = TinyNet().train()
+    seen = []
+    out = embed_images(model, stored, batch_size=4, flip=flip, channel_order=order, progress=seen.append)
+    assert out.dtype == np.float32 and out.shape == (13, 16) and seen == [4, 4, 4, 1]
+    np.testing.assert_allclose(out, reference(model, images, flip, order == "BGR"), atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-6)
+    assert model.training  # mode restored
+
+
+def test_flip_and_order_change_the_result():
+    images = np.random.default_rng(1).integers(0, 256, (4, 3, 8, 8), dtype=np.uint8)
+    model = TinyNet()
+    plain = embed_images(model, images, flip=False)
+    assert not np.allclose(plain, embed_images(model, images, flip=True))
+    assert not np.allclose(plain, embed_images(model, images, flip=False, channel_order="BGR"))
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="expected uint8 images"):
+        embed_images(TinyNet(), np.zeros((2, 8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match="channel order"):
+        in_channel_order(torch.zeros(1, 3, 2, 2, dtype=torch.uint8), "GBR")
+
+
+def test_bf16_autocast_close_to_fp32():
+    images = np.random.default_rng(2).integers(0, 256, (6, 3, 8, 8), dtype=np.uint8)
+    model = TinyNet()
+    fp32 = embed_images(model, images)
+    bf16 = embed_images(model, images, amp_dtype=torch.bfloat16)
+    assert np.abs(fp32 - bf16).max() < 0.05
