@@ -15,16 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from data.datasets import to_model_input
-
-CHANNEL_ORDERS = ("RGB", "BGR")
-
-
-def in_channel_order(images: torch.Tensor, order: str) -> torch.Tensor:
-    """RGB NCHW images as the model expects them: TreB1eN's published weights were in effect trained on BGR."""
-    if order not in CHANNEL_ORDERS:
-        raise ValueError(f"channel order must be one of {CHANNEL_ORDERS}, got {order!r}")
-    return images.flip(1) if order == "BGR" else images
-
+from model import to_channel_order
 
 @torch.inference_mode()
 def embed_images(model: torch.nn.Module, images: np.ndarray, batch_size: int = 256,
@@ -46,7 +37,7 @@ def embed_images(model: torch.nn.Module, images: np.ndarray, batch_size: int = 2
     try:
         for start in range(0, len(images), batch_size):
             pixels = torch.from_numpy(np.array(images[start:start + batch_size]))  # reads the pages once
-            x = to_model_input(in_channel_order(pixels, channel_order), device)
+            x = to_model_input(to_channel_order(pixels, channel_order), device)
             with autocast:
                 embeddings = model(x).float()
                 if flip:

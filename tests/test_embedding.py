@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from embedding import embed_images, in_channel_order
+from embedding import embed_images
 
 
 class TinyNet(torch.nn.Module):
@@ -55,7 +55,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="expected uint8 images"):
         embed_images(TinyNet(), np.zeros((2, 8, 8, 3), np.uint8))
     with pytest.raises(ValueError, match="channel order"):
-        in_channel_order(torch.zeros(1, 3, 2, 2, dtype=torch.uint8), "GBR")
+        embed_images(TinyNet(), np.zeros((2, 3, 8, 8), np.uint8), channel_order="GBR")
 
 
 def test_bf16_autocast_close_to_fp32():

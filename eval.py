@@ -1,0 +1,72 @@
+"""Evaluate a backbone on prepared verification sets.
+
+    python eval.py --model work_space/save/model_ir_se50.pth --data_path data/faces_emore \
+                   [--val_sets all] [--batch_size 256] [--flip] [--net NAME] [--out DIR]
+
+The weights file may be ours (a checkpoint or an exported model_*.pth), TreB1eN's or arcface_torch's:
+the architecture and channel order are recognised from it (`--net` overrides the architecture). Images
+stream from each set's uint8 memmap one batch at a time. Prints a table (accuracy +- std over the 10
+folds, best threshold, TAR@FAR, AUC, EER, and accuracy on frontal / profile pairs where the set has
+poses) and writes it as results.md and results.csv with a ROC figure per set.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from evaluation import evaluate_valset, markdown_table, resolve_valsets, write_reports
+from model import list_backbones, load_backbone_weights
+from utils import CliParser, UserError, run_cli
+
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def parse_args(argv=None):
+    parser = CliParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="weights file (checkpoint or model_*.pth)")
+    parser.add_argument("--data_path", type=Path, default=Path("data/faces_emore"),
+                        help="folder holding the prepared val sets (<name>/images.npy, issame.npy)")
+    parser.add_argument("--val_sets", default="all", help="'all' or a comma-separated list, e.g. lfw,cfp_fp")
+    parser.add_argument("--batch_size", type=int, default=256, help="images per forward pass")
+    parser.add_argument("--flip", action="store_true",
+                        help="flip test-time augmentation: sum the embeddings of each image and its mirror")
+    parser.add_argument("--net", default=None, choices=list_backbones(),
+                        help="architecture, when it cannot be recognised from the file")
+    parser.add_argument("--folds", type=int, default=10, help="k of the k-fold protocol")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--amp", default="off", choices=sorted(AMP_DTYPES), help="autocast dtype for the forward")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="report folder (default: work_space/eval/<model file name>)")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    names = resolve_valsets(args.data_path, args.val_sets)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as err:
+        raise UserError(f"--device {args.device}: {err}") from None
+    model, meta = load_backbone_weights(args.net, args.model)
+    model.to(device)
+    print(f"{args.model}: {meta['backbone']} ({meta['source']} weights, {meta['channel_order']} input)")
+    results = []
+    for name in names:
+        with tqdm(desc=name, unit="img", leave=False) as bar:
+            results.append(evaluate_valset(model, args.data_path, name, args.batch_size, device, args.flip,
+                                           meta["channel_order"], args.folds, AMP_DTYPES[args.amp], bar.update))
+    print(markdown_table(results), end="")
+    out = args.out or Path("work_space") / "eval" / args.model.stem
+    write_reports(results, out)
+    print(f"wrote {out}/results.md, results.csv and roc_<set>.png")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,67 @@
+"""eval.py end to end: a saved backbone evaluated on prepared val sets, and its bad-input errors."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from data.valsets import convert_bin, write_bin
+from model import build_backbone, save_backbone_weights
+from tests.conftest import ROOT
+from tests.helpers import jpeg
+
+
+def run_eval(*args):
+    return subprocess.run([sys.executable, str(ROOT / "eval.py"), *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("eval")
+    images = [jpeg(i) for i in range(24)]
+    write_bin(tmp / "lfw.bin", images, [i % 2 == 0 for i in range(12)])
+    np.save(tmp / "lfw.pose.npy", np.tile(np.array([[0, 0], [80, 0]], np.float32), (12, 1)))
+    convert_bin(tmp / "lfw.bin", tmp)
+    write_bin(tmp / "agedb_30.bin", images[:20], [i % 2 == 1 for i in range(10)])
+    convert_bin(tmp / "agedb_30.bin", tmp)
+    torch.manual_seed(0)
+    model = build_backbone("mobilefacenet")
+    save_backbone_weights(model, tmp / "model_mobilefacenet.pth")
+    torch.save(model.state_dict(), tmp / "treb1en_style.pth")  # no conventions file: TreB1eN's weights
+    return tmp
+
+
+def test_eval_ours(setup):
+    out = setup / "report"
+    result = run_eval("--model", setup / "model_mobilefacenet.pth", "--data_path", setup, "--batch_size", "8",
+                      "--flip", "--folds", "2", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "mobilefacenet (ours weights, RGB input)" in result.stdout
+    lines = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert [line.split(" | ")[0] for line in lines] == ["| set", "| lfw", "| agedb_30"]
+    assert lines[1].split(" | ")[-1].startswith("0.") and "(12)" in lines[1]  # profile pairs counted
+    assert sorted(p.name for p in out.iterdir()) == ["results.csv", "results.md", "roc_agedb_30.png", "roc_lfw.png"]
+
+
+def test_eval_treb1en_weights_are_bgr(setup):
+    result = run_eval("--model", setup / "treb1en_style.pth", "--data_path", setup, "--val_sets", "lfw",
+                      "--folds", "2", "--out", setup / "report2")
+    assert result.returncode == 0, result.stderr
+    assert "mobilefacenet (treb1en weights, BGR input)" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "missing.pth"], "missing.pth: weights file not found"),
+    (["--val_sets", "cplfw"], "--val_sets: cplfw not prepared"),
+    (["--batch_size", "0"], "--batch_size must be >= 1"),
+    (["--net", "resnet9"], "argument --net: invalid choice"),
+])
+def test_eval_bad_input(setup, args, message):
+    base = {"--model": str(setup / "model_mobilefacenet.pth"), "--data_path": str(setup)}
+    for flag, value in zip(args[::2], args[1::2]):
+        base[flag] = value
+    result = run_eval(*[item for pair in base.items() for item in pair])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and message in result.stderr

@@ -1,0 +1,474 @@
+"""Backbones: reference key lists, the uniform embedding interface, memory formats / autocast, weight files.
+
+Every backbone runs forward + backward in fp32 and channels_last here. Under bf16 autocast the default run
+covers MobileFaceNet end to end and every unit type (IR, IR-SE, IResNet block, output layers) on small
+inputs; the full 50/100/152-layer networks under bf16 run when the CPU has native bf16 convolutions or
+with MODEL_TESTS_FULL=1 (on AVX2-only CPUs PyTorch emulates them: ~10 s per 50-layer network).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import model as M
+from model import (Backbone, IResNet, MobileFaceNet, build_backbone, iresnet50, list_backbones,
+                   load_backbone_weights, save_backbone_weights, to_channel_order)
+from utils import UserError, seed_everything
+
+KEYS = Path(__file__).resolve().parent / "fixtures" / "keys"
+NAMES = ["ir_se_50", "ir_50", "ir_se_100", "ir_100", "ir_se_152", "ir_152", "mobilefacenet", "r50", "r100"]
+TREB1EN_NAMES = [n for n in NAMES if not n.startswith("r")]
+FULL = os.environ.get("MODEL_TESTS_FULL") == "1"
+
+
+def native_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_built: dict[str, nn.Module] = {}
+
+
+@pytest.fixture(autouse=True)
+def _drop_gradients():
+    yield
+    for model in _built.values():
+        model.zero_grad(set_to_none=True)
+
+
+def seeded_model(name: str) -> nn.Module:
+    """One model per name for the whole file (built with seed 0, no dropout, so that two training-mode
+    passes compute the same function), in training mode with no gradients."""
+    if name not in _built:
+        seed_everything(0)
+        _built[name] = build_backbone(name, **({} if name == "mobilefacenet" else {"drop_ratio": 0.0}))
+    model = _built[name].train()
+    model.zero_grad(set_to_none=True)
+    return model
+
+
+def faces(batch: int = 2, seed: int = 1) -> torch.Tensor:
+    return torch.randn(batch, 3, 112, 112, generator=torch.Generator().manual_seed(seed))
+
+
+def reference_keys(name: str) -> dict:
+    return json.loads((KEYS / f"{name}.json").read_text())
+
+
+def state_shapes(module: nn.Module) -> dict[str, list[int]]:
+    return {key: list(value.shape) for key, value in module.state_dict().items()}
+
+
+def assert_trainable_grads_finite(model: nn.Module) -> None:
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable
+    for name, param in trainable:
+        assert param.grad is not None, name
+        assert torch.isfinite(param.grad).all(), name
+    assert any(p.grad.abs().sum() > 0 for _, p in trainable)
+
+
+# ----------------------------------------------------------------------------- registry and signatures
+
+def test_registry_lists_every_backbone():
+    assert list_backbones() == NAMES
+
+
+def test_unknown_backbone_is_a_user_error_naming_the_choices():
+    with pytest.raises(UserError) as err:
+        build_backbone("resnet9000")
+    message = str(err.value)
+    assert "resnet9000" in message and all(name in message for name in NAMES)
+
+
+def test_treb1en_constructor_signatures():
+    with torch.device("meta"):
+        assert state_shapes(Backbone(50, 0.6, "ir_se")) == reference_keys("ir_se_50")["keys"]
+        assert state_shapes(Backbone(100, 0.4)) == reference_keys("ir_100")["keys"]  # mode defaults to 'ir'
+        assert state_shapes(MobileFaceNet(512)) == reference_keys("mobilefacenet")["keys"]
+        assert state_shapes(iresnet50()) == reference_keys("r50")["keys"]
+    with pytest.raises(ValueError):
+        Backbone(34, 0.6)
+    with pytest.raises(ValueError):
+        Backbone(50, 0.6, "se")
+
+
+# ----------------------------------------------------------------------------- reference key lists
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_keys_and_shapes_match_the_reference(name):
+    fixture = reference_keys(name)
+    assert fixture["source"]["commit"] in fixture["header"] and fixture["num_keys"] == len(fixture["keys"])
+    with torch.device("meta"):
+        ours = state_shapes(build_backbone(name))
+    reference = fixture["keys"]
+    assert sorted(set(ours) - set(reference)) == [], "keys the reference does not have"
+    assert sorted(set(reference) - set(ours)) == [], "reference keys we lack"
+    assert {k: v for k, v in ours.items() if reference[k] != v} == {}, "shapes differ"
+    assert any(k.endswith("num_batches_tracked") for k in ours)
+
+
+def test_embedding_size_changes_only_the_embedding_layers():
+    with torch.device("meta"):
+        small = state_shapes(build_backbone("mobilefacenet", embedding_size=128))
+        r50 = state_shapes(build_backbone("r50", embedding_size=256))
+    reference = reference_keys("mobilefacenet")["keys"]
+    assert {k for k in reference if small[k] != reference[k]} == {
+        "linear.weight", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"}
+    assert small["linear.weight"] == [128, 512] and r50["fc.weight"] == [256, 512 * 7 * 7]
+
+
+# ----------------------------------------------------------------------------- the embedding interface
+
+def last_module(model: nn.Module) -> nn.Module:
+    """The module whose output is the un-normalised embedding (the reference network's last layer)."""
+    return {Backbone: lambda m: m.output_layer[-1], MobileFaceNet: lambda m: m.bn,
+            IResNet: lambda m: m.features}[type(model)](model)
+
+
+def first_conv(model: nn.Module) -> nn.Conv2d:
+    return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_backward_fp32_contiguous_and_channels_last(name):
+    """Training step in fp32: unit embeddings, norms of the raw features, finite gradients. Then eval
+    mode, contiguous vs channels_last: the same embeddings, and gradients in channels_last.
+
+    Training mode with a batch of 2 makes the last BatchNorm1d's output independent of its input, so
+    the layout comparison runs in eval mode, on running statistics taken from the training pass
+    (momentum None: a fresh IResNet's initial statistics overflow, see IResNet)."""
+    model = seeded_model(name)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None
+    raw = []
+    hook = last_module(model).register_forward_hook(lambda _m, _i, out: raw.append(out.detach()))
+    try:
+        embedding, norm = model.forward_with_norm(faces())
+    finally:
+        hook.remove()
+        for bn in norms:
+            bn.momentum = 0.1
+    assert embedding.shape == (2, 512) and norm.shape == (2,)
+    assert embedding.dtype == norm.dtype == torch.float32
+    torch.testing.assert_close(embedding.norm(dim=1), torch.ones(2))
+    assert not torch.allclose(norm, torch.ones(2))  # so that the next check means something
+    torch.testing.assert_close(norm[:, None] * embedding, raw[0], rtol=1e-5, atol=1e-5)
+    (embedding[:, :8].sum() + 0.01 * norm.sum()).backward()
+    assert_trainable_grads_finite(model)
+
+    model.eval().zero_grad(set_to_none=True)
+    x = faces(batch=1, seed=2)
+    with torch.no_grad():
+        expected = model(x)
+    model.to(memory_format=torch.channels_last)
+    try:
+        assert first_conv(model).weight.is_contiguous(memory_format=torch.channels_last)
+        got = model(x.contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+        got[:, :8].sum().backward()
+        assert_trainable_grads_finite(model)
+        assert first_conv(model).weight.grad.abs().sum() > 0
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_same_seed_same_weights(name):
+    seed_everything(0)
+    again = build_backbone(name).state_dict()
+    reference = seeded_model(name).state_dict()  # running statistics may have moved in other tests
+    assert all(torch.equal(again[k], reference[k]) for k in reference if "running" not in k and "batches" not in k)
+
+
+def test_embeddings_are_deterministic_for_a_seed():
+    def embed(seed):
+        seed_everything(seed)
+        model = build_backbone("mobilefacenet").eval()
+        with torch.no_grad():
+            return model(faces(seed=3))
+    torch.testing.assert_close(embed(0), embed(0), rtol=0, atol=0)
+    assert not torch.allclose(embed(0), embed(1))
+
+
+def test_iresnet_keeps_arcface_torch_training_details():
+    model = seeded_model("r50")
+    assert not model.features.weight.requires_grad and torch.equal(model.features.weight, torch.ones(512))
+    assert 0.09 < model.layer1[0].conv1.weight.std().item() < 0.11
+
+
+# ----------------------------------------------------------------------------- bf16 autocast
+
+def bf16_forward_backward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Forward + backward under bf16 autocast; checks that the convolutions did run in bf16."""
+    conv_dtypes = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: conv_dtypes.append(out.dtype))
+             for m in module.modules() if isinstance(m, nn.Conv2d)]
+    x = x.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = module(x)
+    for hook in hooks:
+        hook.remove()
+    assert conv_dtypes and set(conv_dtypes) == {torch.bfloat16}
+    out.float().square().mean().backward()
+    assert torch.isfinite(x.grad).all()
+    return out
+
+
+UNITS = {
+    "ir": lambda: M.BottleneckIR(32, 32, 2),
+    "ir_shortcut_conv": lambda: M.BottleneckIR(16, 32, 2),
+    "ir_se": lambda: M.BottleneckIR(32, 32, 1, use_se=True),
+    "iresnet_block": lambda: M.IBasicBlock(16, 32, 2, nn.Sequential(nn.Conv2d(16, 32, 1, 2, bias=False),
+                                                                       nn.BatchNorm2d(32))),
+    "mobilefacenet_depthwise": lambda: M.DepthWise(32, 32, residual=True, stride=1, groups=64),
+}
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_units_run_under_bf16_autocast(unit):
+    module = UNITS[unit]().train()
+    in_channels = next(m for m in module.modules() if isinstance(m, nn.Conv2d)).in_channels
+    out = bf16_forward_backward(module, torch.randn(2, in_channels, 14, 14))
+    assert out.shape[:2] == (2, 32) and torch.isfinite(out.float()).all()
+    assert_trainable_grads_finite(module)
+
+
+@pytest.mark.parametrize("name", ["ir_50", "r50"])
+def test_output_layers_run_under_bf16_autocast(name):
+    model = seeded_model(name)
+    head = model.output_layer if name.startswith("ir") else nn.Sequential(model.bn2, nn.Flatten(), model.fc,
+                                                                          model.features)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        embedding, norm = M.l2_norm_with_norm(head(torch.randn(2, 512, 7, 7)))
+    assert embedding.dtype == torch.float32
+    (embedding.sum() + norm.sum()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in head.parameters() if p.requires_grad)
+
+
+BF16_FULL = FULL or native_bf16()
+
+
+@pytest.mark.parametrize("name", [n if n == "mobilefacenet" or BF16_FULL else pytest.param(
+    n, marks=pytest.mark.skip(reason="emulated bf16 convolutions on this CPU; MODEL_TESTS_FULL=1 runs it"))
+    for n in NAMES])
+def test_full_network_forward_backward_under_bf16_autocast(name):
+    model = seeded_model(name)
+    conv_dtypes = []
+    hook = first_conv(model).register_forward_hook(lambda _m, _i, out: conv_dtypes.append(out.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        embedding, norm = model.forward_with_norm(faces())
+    hook.remove()
+    assert conv_dtypes == [torch.bfloat16]
+    assert embedding.dtype == torch.float32 and embedding.shape == (2, 512)
+    torch.testing.assert_close(embedding.norm(dim=1), torch.ones(2))
+    (embedding[:, :8].sum() + 0.01 * norm.sum()).backward()
+    assert_trainable_grads_finite(model)
+
+
+# ----------------------------------------------------------------------------- weight files
+
+def light_state_dict(name: str, embedding_size: int = 512) -> dict[str, torch.Tensor]:
+    """A state_dict with the right keys and shapes whose tensors share one small storage (tiny files)."""
+    with torch.device("meta"):
+        shapes = build_backbone(name, embedding_size=embedding_size).state_dict()
+    value, count = torch.full((1,), 0.5), torch.zeros((), dtype=torch.long)
+    return {k: (count if v.dtype == torch.long else value.expand(v.shape)) for k, v in shapes.items()}
+
+
+def real_state_dict(name: str) -> dict[str, torch.Tensor]:
+    """Distinct random values in every tensor, so that a load that mixes keys up is seen."""
+    generator = torch.Generator().manual_seed(7)
+    return {k: torch.randn(v.shape, generator=generator) if v.is_floating_point() else torch.tensor(3)
+            for k, v in light_state_dict(name).items()}
+
+
+def assert_same_state(model: nn.Module, state: dict) -> None:
+    loaded = model.state_dict()
+    assert loaded.keys() == state.keys()
+    for key, value in state.items():
+        assert torch.equal(loaded[key], value), key
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_backbone_is_recognised_from_the_keys_of_a_file(tmp_path, name):
+    path = tmp_path / f"model_{name}.pth"
+    torch.save(light_state_dict(name), path)
+    model, meta = load_backbone_weights(None, path)
+    assert meta["backbone"] == name and model.arch == name
+    assert meta["source"] == ("arcface_torch" if name.startswith("r") else "treb1en")
+    assert meta["channel_order"] == ("RGB" if name.startswith("r") else "BGR")
+    assert {k: meta[k] for k in ("mean", "std", "input_size")} == {"mean": 0.5, "std": 0.5, "input_size": [112, 112]}
+    assert torch.all(model.state_dict()[next(iter(model.state_dict()))] == 0.5)
+
+
+@pytest.mark.parametrize("name, prefix", [("mobilefacenet", ""), ("mobilefacenet", "module."),
+                                          ("ir_50", ""), ("r50", "module.")])
+def test_state_dict_round_trip(tmp_path, name, prefix):
+    state = real_state_dict(name)
+    path = tmp_path / f"model_{name}.pth"
+    torch.save({prefix + k: v for k, v in state.items()}, path)
+    if not prefix:  # what the reference code does with a published file (meta + assign: no init cost)
+        with torch.device("meta"):
+            plain = build_backbone(name)
+        plain.load_state_dict(torch.load(path, weights_only=True), strict=True, assign=True)
+    else:
+        assert next(iter(torch.load(path, weights_only=True))).startswith("module.")
+    source, order = ("arcface_torch", "RGB") if name.startswith("r") else ("treb1en", "BGR")
+    targets = [name] if name != "mobilefacenet" else [name, MobileFaceNet(512), nn.DataParallel(MobileFaceNet(512))]
+    for model_or_name in targets:
+        model, meta = load_backbone_weights(model_or_name, path)
+        assert model is model_or_name or isinstance(model_or_name, str)
+        assert (meta["source"], meta["channel_order"], meta["backbone"]) == (source, order, name)
+        model = model.module if isinstance(model, nn.DataParallel) else model
+        assert_same_state(model, state)
+        assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+        if isinstance(model, IResNet):  # the frozen BN1d scale stays frozen
+            assert [n for n, p in model.named_parameters() if not p.requires_grad] == ["features.weight"]
+
+
+def test_2018_files_load(tmp_path):
+    """TreB1eN's weights (2018) are in torch's legacy (pre-1.6, non-zip) format and may predate torch 0.4.1,
+    which added BatchNorm's num_batches_tracked."""
+    state = {k: v for k, v in real_state_dict("mobilefacenet").items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "model_mobilefacenet.pth", _use_new_zipfile_serialization=False)
+    assert (tmp_path / "model_mobilefacenet.pth").read_bytes()[:1] == b"\x80"
+    model, meta = load_backbone_weights("mobilefacenet", tmp_path / "model_mobilefacenet.pth")
+    assert meta["source"] == "treb1en" and model.bn.num_batches_tracked.item() == 0
+    assert torch.equal(model.linear.weight, state["linear.weight"])
+
+
+def test_embedding_size_is_taken_from_the_file(tmp_path):
+    torch.save(light_state_dict("mobilefacenet", embedding_size=128), tmp_path / "m.pth")
+    model, _ = load_backbone_weights("mobilefacenet", tmp_path / "m.pth")
+    assert model.embedding_size == 128 and model.linear.weight.shape == (128, 512)
+
+
+def test_our_exported_weights_record_rgb(tmp_path):
+    model = build_backbone("mobilefacenet")
+    save_backbone_weights(model, tmp_path / "model_final.pth")
+    # the .pth is a plain state_dict with the reference keys: TreB1eN-style strict loading works
+    MobileFaceNet(512).load_state_dict(torch.load(tmp_path / "model_final.pth", weights_only=True), strict=True)
+    assert json.loads((tmp_path / "model_final.json").read_text())["channel_order"] == "RGB"
+    loaded, meta = load_backbone_weights(None, tmp_path / "model_final.pth")
+    assert meta == {"source": "ours", "backbone": "mobilefacenet", "channel_order": "RGB", "mean": 0.5,
+                    "std": 0.5, "input_size": [112, 112]}
+    assert_same_state(loaded, model.state_dict())
+
+
+def test_an_unrelated_json_beside_a_file_is_ignored(tmp_path):
+    torch.save(light_state_dict("mobilefacenet"), tmp_path / "model_a.pth")
+    (tmp_path / "model_a.json").write_text('{"accuracy": 0.99, "channel_order": "RGB"}')
+    assert load_backbone_weights(None, tmp_path / "model_a.pth")[1]["source"] == "treb1en"
+    (tmp_path / "model_a.json").write_text('{"source": "ours", "channel_order": "BGR"}')
+    assert load_backbone_weights(None, tmp_path / "model_a.pth")[1]["channel_order"] == "BGR"
+
+
+@pytest.mark.parametrize("checkpoint, source, order", [
+    (lambda s: {"model": s, "input": {"channel_order": "BGR", "mean": 0.5, "std": 0.5, "input_size": [112, 112]},
+                "step": 10}, "ours", "BGR"),
+    (lambda s: {"model": s, "step": 10}, "ours", "RGB"),
+    (lambda s: {"state_dict_backbone": s, "global_step": 10}, "treb1en", "BGR"),
+], ids=["ours-recorded-bgr", "ours-default", "arcface_torch-checkpoint-layout"])
+def test_checkpoint_files_load(tmp_path, checkpoint, source, order):
+    state = real_state_dict("mobilefacenet")
+    torch.save(checkpoint(state), tmp_path / "checkpoint.pt")
+    model, meta = load_backbone_weights(None, tmp_path / "checkpoint.pt")
+    assert (meta["source"], meta["channel_order"]) == (source, order)
+    assert_same_state(model, state)
+
+
+def bad_file_message(tmp_path, write, model_or_name="mobilefacenet") -> str:
+    path = tmp_path / "model_bad.pth"
+    write(path)
+    with pytest.raises(UserError) as err:
+        load_backbone_weights(model_or_name, path)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message
+    return message
+
+
+class NotAllowed:  # a pickled class: refused by weights_only=True
+    pass
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(UserError, match="model_none.pth: weights file not found"):
+        load_backbone_weights("r50", tmp_path / "model_none.pth")
+
+
+@pytest.mark.parametrize("write", [
+    lambda p: p.write_text("not a checkpoint\n"),
+    lambda p: p.write_bytes(b""),
+    lambda p: p.write_bytes(pickle.dumps({"x": NotAllowed()}, protocol=2)),
+], ids=["text", "empty", "arbitrary-pickle"])
+def test_not_a_torch_file(tmp_path, write):
+    assert "not a PyTorch weights file" in bad_file_message(tmp_path, write)
+
+
+def test_truncated_file(tmp_path):
+    torch.save(real_state_dict("mobilefacenet"), tmp_path / "full.pth")
+    data = (tmp_path / "full.pth").read_bytes()
+    assert "not a PyTorch weights file" in bad_file_message(tmp_path, lambda p: p.write_bytes(data[:len(data) // 2]))
+
+
+def test_not_a_state_dict(tmp_path):
+    assert "not a state_dict" in bad_file_message(tmp_path, lambda p: torch.save([torch.zeros(3)], p))
+
+
+def test_unknown_key_set(tmp_path):
+    message = bad_file_message(tmp_path, lambda p: torch.save({"encoder.weight": torch.zeros(3)}, p), None)
+    assert "unknown key set" in message and "'encoder.weight'" in message
+
+
+def test_wrong_shape_names_the_first_mismatching_key(tmp_path):
+    state = light_state_dict("mobilefacenet")
+    state["conv_4.model.2.conv_dw.conv.weight"] = torch.zeros(256, 1, 5, 5)
+    message = bad_file_message(tmp_path, lambda p: torch.save(state, p))
+    assert "'conv_4.model.2.conv_dw.conv.weight' has shape [256, 1, 5, 5] in the file, [256, 1, 3, 3]" in message
+    assert "mobilefacenet" in message
+
+
+def test_missing_and_unexpected_keys_are_named(tmp_path):
+    state = light_state_dict("mobilefacenet")
+    del state["conv_5.model.1.project.bn.running_var"]
+    assert "'conv_5.model.1.project.bn.running_var' is missing" in bad_file_message(
+        tmp_path, lambda p: torch.save(state, p))
+    state = {**light_state_dict("mobilefacenet"), "conv_7.weight": torch.zeros(1)}
+    assert "unexpected key 'conv_7.weight'" in bad_file_message(tmp_path, lambda p: torch.save(state, p), None)
+
+
+def test_weights_of_another_backbone_say_what_the_file_holds(tmp_path):
+    message = bad_file_message(tmp_path, lambda p: torch.save(light_state_dict("ir_50"), p), "ir_se_50")
+    assert "does not fit ir_se_50" in message and "'body.0.res_layer.5.fc1.weight' is missing" in message
+    assert "the file holds ir_50 weights" in message
+    message = bad_file_message(tmp_path, lambda p: torch.save(light_state_dict("r50"), p), Backbone(50, 0.6, "ir_se"))
+    assert "does not fit ir_se_50 (arcface_torch keys)" in message and "the file holds r50 weights" in message
+
+
+def test_invalid_recorded_conventions(tmp_path):
+    state = light_state_dict("mobilefacenet")
+    message = bad_file_message(tmp_path, lambda p: torch.save({"model": state, "input": {"channel_order": "GBR"}}, p))
+    assert "invalid input conventions" in message
+
+
+# ----------------------------------------------------------------------------- channel order
+
+def test_to_channel_order():
+    images = torch.arange(2 * 3 * 2 * 2, dtype=torch.uint8).reshape(2, 3, 2, 2)
+    assert to_channel_order(images, "RGB") is images
+    bgr = to_channel_order(images, "BGR")
+    assert torch.equal(bgr[:, 0], images[:, 2]) and torch.equal(bgr[:, 1], images[:, 1])
+    assert torch.equal(bgr[:, 2], images[:, 0]) and torch.equal(to_channel_order(bgr, "BGR"), images)
+    with pytest.raises(ValueError):
+        to_channel_order(images, "bgr")
