@@ -28,6 +28,8 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/data_loader.py
+	$(PY) bench/prepare_data.py
+	$(PY) bench/verification.py
 
 clean-demo:
 	rm -rf $(DEMO_DATA)
