@@ -11,7 +11,6 @@ poses) and writes it as results.md and results.csv with a ROC figure per set.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch

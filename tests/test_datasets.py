@@ -12,7 +12,7 @@ from data.datasets import (FolderDataset, RecordDataset, augment, build_loader, 
 from data.images import decode_rgb
 from data.prepare_data import main as prepare
 from data.recordio import RecordError, RecordReader
-from tests.helpers import face_like, jpeg, write_emore
+from tests.helpers import jpeg, write_emore
 from utils import UserError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mxnet"
