@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
-from data.images import ImageDecodeError, decode_rgb
+from data.images import ImageDecodeError, decode_rgb, encode_jpeg
 from data.recordio import RecordError, RecordReader, class_label, detect_layout, read_property
 from config import AugmentConfig
 from utils import UserError
@@ -56,9 +56,8 @@ def _downscale(rgb: np.ndarray, scale: float) -> np.ndarray:
 
 
 def _recompress(rgb: np.ndarray, quality: int) -> np.ndarray:
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    # imencode/imdecode without colour conversion keep the channels as given, so RGB stays RGB
-    return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    # through the RGB-aware codec helpers: JPEG's luma/chroma split must see the true colours
+    return decode_rgb(encode_jpeg(np.ascontiguousarray(rgb), quality))
 
 
 class SampleRandom:

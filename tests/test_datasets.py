@@ -172,3 +172,10 @@ def test_model_input_normalisation():
     out = to_model_input(images, channels_last=True)
     assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
     np.testing.assert_allclose(out[0, :, 0, 0].numpy(), [-1.0, 1.0, (51 / 255 - 0.5) / 0.5], rtol=1e-6)
+
+
+def test_jpeg_degradation_keeps_colours():
+    rgb = np.zeros((112, 112, 3), np.uint8)
+    rgb[..., 0], rgb[..., 2] = 200, 30  # red, a little blue
+    out = augment(rgb, {}, sample_rng(0, 0, 0), AugmentConfig(flip_prob=1.0, jpeg_prob=1.0, jpeg_quality_min=40))
+    np.testing.assert_allclose(out.reshape(-1, 3).mean(0), [200, 0, 30], atol=4)
