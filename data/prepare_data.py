@@ -97,9 +97,7 @@ def _scan_chunk(job) -> tuple[np.ndarray, str | None]:
         try:
             payload, _ = read_record_at(reader_map, offset)
             header, data = unpack(payload)
-            check_image_bytes(data)
-            if decode:
-                decode_rgb(data)
+            decode_rgb(data) if decode else check_image_bytes(data)  # decode_rgb checks the bytes too
         except (ValueError, ImageDecodeError) as err:
             return labels[:i], f"{where}: {err}"
         label = class_label(header)
