@@ -97,7 +97,10 @@ def _scan_chunk(job) -> tuple[np.ndarray, str | None]:
         try:
             payload, _ = read_record_at(reader_map, offset)
             header, data = unpack(payload)
-            decode_rgb(data) if decode else check_image_bytes(data)  # decode_rgb checks the bytes too
+            if decode:
+                decode_rgb(data)  # checks the bytes' structure first, as check_image_bytes does
+            else:
+                check_image_bytes(data)
         except (ValueError, ImageDecodeError) as err:
             return labels[:i], f"{where}: {err}"
         label = class_label(header)
