@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from evaluation import evaluate_valset, markdown_table, resolve_valsets, write_reports
-from model import list_backbones, load_backbone_weights
-from utils import CliParser, UserError, run_cli
+from evaluation import evaluate_valset, load_model, markdown_table, resolve_valsets, write_reports
+from model import list_backbones
+from utils import CliParser, run_cli
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -48,13 +48,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     names = resolve_valsets(args.data_path, args.val_sets)
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as err:
-        raise UserError(f"--device {args.device}: {err}") from None
-    model, meta = load_backbone_weights(args.net, args.model)
-    model.to(device)
-    print(f"{args.model}: {meta['backbone']} ({meta['source']} weights, {meta['channel_order']} input)")
+    model, meta, device = load_model(args.model, args.net, args.device)
     results = []
     for name in names:
         with tqdm(desc=name, unit="img", leave=False) as bar:

@@ -16,6 +16,7 @@ import torch
 
 from data.valsets import KNOWN_VALSETS, load_valset, load_valset_pose
 from embedding import embed_images
+from model import load_backbone_weights
 from utils import UserError, atomic_write_text
 from verification import VerificationResult, save_roc_png, verify
 
@@ -39,6 +40,19 @@ class SetResult:
         if self.num_profile:
             out["accuracy_profile"] = self.profile_accuracy
         return out
+
+
+def load_model(weights_path: str | Path, net: str | None, device_name: str):
+    """The backbone of a weights file on `device_name`, with its metadata (channel order) and device;
+    prints what was loaded. The shared start of eval.py and lfw_eval.py."""
+    try:
+        device = torch.device(device_name)
+    except RuntimeError as err:
+        raise UserError(f"--device {device_name}: {err}") from None
+    model, meta = load_backbone_weights(net, weights_path)
+    model.to(device)
+    print(f"{weights_path}: {meta['backbone']} ({meta['source']} weights, {meta['channel_order']} input)")
+    return model, meta, device
 
 
 def available_valsets(data_path: str | Path) -> list[str]:

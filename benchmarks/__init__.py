@@ -1,0 +1,1 @@
+"""Readers of the evaluation protocols' official data layouts (one file per benchmark)."""
