@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import multiprocessing
 import os
 import random
 import sys
@@ -84,6 +85,18 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, array)
+
+
+def parallel_map(func, jobs: list, workers: int) -> Iterator:
+    """`map(func, jobs)` in order, in `workers` forked processes when that helps (results stream back).
+
+    Fork, not spawn: the jobs' module state (an open mmap, a list of encoded images) is inherited, not pickled.
+    """
+    if workers > 1 and len(jobs) > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            yield from pool.imap(func, jobs)
+    else:
+        yield from map(func, jobs)
 
 
 def setup_logging(level: int = logging.INFO) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import sys
 import time
@@ -30,7 +29,7 @@ from data.images import ImageDecodeError, check_image_bytes, decode_rgb
 from data.recordio import (RecordError, RecordLayout, RecordReader, class_label, detect_layout,
                            read_property, read_record_at, unpack)
 from data.valsets import convert_bin, is_converted
-from utils import CliParser, UserError, atomic_write_bytes, atomic_write_text, run_cli
+from utils import CliParser, UserError, atomic_write_bytes, atomic_write_text, parallel_map, run_cli
 
 CHUNK = 2048
 
@@ -78,7 +77,7 @@ def _scan_images(reader: RecordReader, keys: np.ndarray, offsets: np.ndarray, wo
     labels = np.empty(len(keys), dtype=np.int64)
     done = 0
     with tqdm(total=len(keys), desc="scan train.rec", unit="img", smoothing=0.1) as bar:
-        for chunk_labels, error in _map(_scan_chunk, jobs, workers):
+        for chunk_labels, error in parallel_map(_scan_chunk, jobs, workers):
             if error is not None:
                 raise RecordError(error)
             labels[done:done + len(chunk_labels)] = chunk_labels
@@ -143,14 +142,6 @@ def _class_count(source: Path, prop, labels: np.ndarray, keys: np.ndarray) -> tu
     return num_classes, image_size
 
 
-def _map(func, jobs, workers: int):
-    if workers > 1 and len(jobs) > 1:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            yield from pool.imap(func, jobs)
-    else:
-        yield from map(func, jobs)
-
-
 def prepare_meta(source: Path, out: Path, workers: int, decode: bool, force: bool) -> dict:
     meta_path = out / "meta.json"
     if meta_path.is_file() and not force:
@@ -197,7 +188,7 @@ def unpack_images(source: Path, out: Path, workers: int, force: bool) -> None:
     jobs = [(str(reader.rec_path), str(imgs), keys[i:i + CHUNK], offsets[i:i + CHUNK])
             for i in range(0, len(keys), CHUNK)]
     with tqdm(total=len(keys), desc="unpack", unit="img", smoothing=0.1) as bar:
-        for written, error in _map(_unpack_chunk, jobs, workers):
+        for written, error in parallel_map(_unpack_chunk, jobs, workers):
             if error is not None:
                 raise RecordError(error)
             bar.update(written)

@@ -13,7 +13,6 @@ Both load with `np.load(..., mmap_mode="r")`, so evaluation streams from disk.
 from __future__ import annotations
 
 import io
-import multiprocessing
 import os
 import pickle
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from data.images import ImageDecodeError, decode_rgb
-from utils import UserError, atomic_path, atomic_save_npy, atomic_write_bytes
+from utils import UserError, atomic_path, atomic_save_npy, atomic_write_bytes, parallel_map
 
 KNOWN_VALSETS = ("lfw", "agedb_30", "cfp_fp", "cfp_ff", "calfw", "cplfw", "vgg2_fp")
 IMAGE_SIZE = (112, 112)
@@ -180,12 +179,7 @@ CHUNK = 256
 
 def _decode_into(array: np.ndarray, images: list[bytes], bin_path: Path, workers: int, progress) -> None:
     chunks = [(start, images[start:start + CHUNK]) for start in range(0, len(images), CHUNK)]
-    if workers > 1 and len(chunks) > 1:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            results = pool.imap_unordered(_decode_chunk, chunks)
-            _store_chunks(array, results, bin_path, progress)
-    else:
-        _store_chunks(array, map(_decode_chunk, chunks), bin_path, progress)
+    _store_chunks(array, parallel_map(_decode_chunk, chunks, workers), bin_path, progress)
 
 
 def _store_chunks(array, results, bin_path: Path, progress) -> None:
