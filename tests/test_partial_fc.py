@@ -1,6 +1,9 @@
 """Partial FC against a plain full-softmax reference, in one process and in two gloo processes."""
 from __future__ import annotations
 
+import io
+import itertools
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -9,10 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from heads import build_margin, list_heads
-from partial_fc import PartialFC, shard_range
+from partial_fc import SGD, PartialFC, _SampledCosine, shard_range
 
 EMBEDDING = 16
-TOL = dict(rtol=1e-5, atol=1e-5)
+TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
 def margin(name):
@@ -41,6 +44,12 @@ def pfc_step(module, embeddings, labels, yaw):
     loss = module(x, labels, yaw=yaw, norms=x.norm(dim=1))
     loss.backward()
     return loss.detach(), x.grad
+
+
+def kernel_grad(module):
+    """`module.kernel.grad` as a dense (E, num_local) tensor, whichever layout the module uses."""
+    grad = module.kernel.grad
+    return grad.to_dense().t() if grad.is_sparse else grad
 
 
 def problem(num_classes=11, batch=8, seed=0):
@@ -76,9 +85,10 @@ def test_world_size_one_equals_full_softmax(name):
     assert module.kernel.grad.stride() == module.kernel.stride()  # adopted by autograd without a copy
 
 
-def test_sampled_step_is_the_softmax_over_the_sampled_centres():
+@pytest.mark.parametrize("sparse_grad", [False, True])
+def test_sampled_step_is_the_softmax_over_the_sampled_centres(sparse_grad):
     embeddings, kernel, labels, yaw = problem(num_classes=40)
-    module = partial_fc(kernel, margin("pgaml"), sample_rate=0.5)
+    module = partial_fc(kernel, margin("pgaml"), sample_rate=0.5, sparse_grad=sparse_grad)
     torch.manual_seed(0)
     loss, grad_x = pfc_step(module, embeddings, labels, yaw)
     index = module.sampled_index
@@ -86,10 +96,14 @@ def test_sampled_step_is_the_softmax_over_the_sampled_centres():
         margin("pgaml"), embeddings, kernel[:, index], torch.searchsorted(index, labels), yaw)
     torch.testing.assert_close(loss, want_loss, **TOL)
     torch.testing.assert_close(grad_x, want_grad_x, **TOL)
-    torch.testing.assert_close(module.kernel.grad[:, index], want_sub_grad, **TOL)
+    torch.testing.assert_close(kernel_grad(module)[:, index], want_sub_grad, **TOL)
     unsampled = torch.ones(40, dtype=torch.bool)
     unsampled[index] = False
-    assert torch.all(module.kernel.grad[:, unsampled] == 0)
+    assert torch.all(kernel_grad(module)[:, unsampled] == 0)
+    if sparse_grad:  # only the sampled rows are stored
+        grad = module.kernel.grad
+        assert grad.is_sparse and grad.shape == (40, EMBEDDING)
+        assert torch.equal(grad._indices()[0], index) and grad._values().shape == (index.numel(), EMBEDDING)
 
 
 def test_sampling_keeps_positives_matches_rate_and_follows_the_seed():
@@ -112,7 +126,7 @@ def test_sampling_keeps_positives_matches_rate_and_follows_the_seed():
 
 
 def test_state_round_trip_accuracy_and_errors():
-    embeddings, kernel, labels, _ = problem()
+    embeddings, kernel, _, _ = problem()
     module = partial_fc(kernel, margin("arcface"))
     assert torch.equal(module.full_state_dict()["kernel"], kernel)
     assert module.num_local == 11 and module.class_start == 0
@@ -132,8 +146,218 @@ def test_shard_ranges_cover_all_classes_evenly():
     for num_classes, world in [(11, 2), (1_000_000, 8), (7, 7), (10, 3)]:
         ranges = [shard_range(num_classes, r, world) for r in range(world)]
         assert ranges[0][0] == 0 and ranges[-1][1] == num_classes
-        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
         assert max(e - s for s, e in ranges) - min(e - s for s, e in ranges) <= 1
+
+
+# ------------------------------------------------------------------------- sparse gradient and SGD
+
+class _DenseGrad(torch.autograd.Function):
+    """Identity whose backward densifies the gradient (gradcheck compares dense layouts only)."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.to_dense()
+
+
+@pytest.mark.parametrize("index", [torch.tensor([1, 4, 9]), None])
+def test_sparse_kernel_gradient_passes_gradcheck(index):
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randn(10, 5, dtype=torch.float64, generator=generator).requires_grad_()
+    x_hat = F.normalize(torch.randn(3, 5, dtype=torch.float64, generator=generator), dim=1).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, r: _SampledCosine.apply(x, _DenseGrad.apply(r), index, True),
+                                    (x_hat, rows))
+
+
+def test_sparse_layout_keeps_treb1en_state_dict():
+    _, kernel, _, _ = problem(num_classes=40)
+    sparse = partial_fc(kernel, margin("arcface"), sample_rate=0.5)
+    assert sparse.sparse_grad and sparse.kernel.shape == (40, EMBEDDING)  # class-major rows
+    assert not PartialFC(EMBEDDING, 40, margin("arcface"), sample_rate=0.5, sparse_grad=False).sparse_grad
+    assert not PartialFC(EMBEDDING, 40, margin("arcface")).sparse_grad
+    assert torch.equal(sparse.state_dict()["kernel"], kernel)  # (E, C) whatever the layout
+    assert torch.equal(sparse.full_state_dict()["kernel"], kernel)
+    torch.manual_seed(3)
+    dense_twin = PartialFC(EMBEDDING, 40, margin("arcface"), sample_rate=0.5, sparse_grad=False)
+    torch.manual_seed(3)  # the same initial centres in either layout
+    assert torch.equal(PartialFC(EMBEDDING, 40, margin("arcface"), sample_rate=0.5).state_dict()["kernel"],
+                       dense_twin.state_dict()["kernel"])
+    dense_twin.load_state_dict(sparse.state_dict())
+    assert torch.equal(dense_twin.kernel, kernel)
+    sparse.load_state_dict({"kernel": dense_twin.kernel.detach() * 2})
+    assert torch.equal(sparse.kernel, 2 * kernel.t())
+    with pytest.raises(ValueError, match="shape"):
+        sparse.load_full_state_dict({"kernel": torch.zeros(EMBEDDING, 12)})
+
+
+def _trainer_setup(sparse_grad, optimizer_class=SGD, **options):
+    """The trainer's wiring: a backbone stand-in and the head in two param groups, a scheduler."""
+    torch.manual_seed(1)
+    backbone = nn.Linear(4, EMBEDDING)
+    head = PartialFC(EMBEDDING, 40, margin("arcface"), sample_rate=0.25, sparse_grad=sparse_grad)
+    optimizer = optimizer_class([{"params": [backbone.weight, head.kernel], "weight_decay": 5e-4},
+                                 {"params": [backbone.bias], "weight_decay": 0.0}], lr=0.1, **options)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    return backbone, head, optimizer, scheduler
+
+
+TRAIN_INPUTS = torch.randn(6, 4, generator=torch.Generator().manual_seed(2))
+TRAIN_LABELS = torch.tensor([0, 5, 5, 17, 33, 39])
+
+
+def _train_step(backbone, head, optimizer, scheduler=None, scaler=None):
+    torch.manual_seed(5)  # the same sampled centres at every step
+    optimizer.zero_grad()
+    loss = head(backbone(TRAIN_INPUTS), TRAIN_LABELS)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    if scheduler is not None:
+        scheduler.step()
+
+
+@pytest.mark.parametrize("options", [{"momentum": 0.9}, {"momentum": 0.9, "nesterov": True}, {},
+                                     {"momentum": 0.9, "dampening": 0.1, "maximize": True}])
+def test_lazy_sgd_matches_torch_sgd_on_sampled_rows(options):
+    lazy = _trainer_setup(True, **options)
+    reference = _trainer_setup(False, torch.optim.SGD, **options)
+    start = lazy[1].kernel.detach().clone()
+    for _ in range(3):
+        _train_step(*lazy)
+        _train_step(*reference)
+    backbone, head, optimizer, _ = lazy
+    assert head.kernel.grad.is_sparse
+    for mine, want in zip(backbone.parameters(), reference[0].parameters()):
+        assert torch.equal(mine, want)  # dense gradients: torch.optim.SGD itself
+    index = head.sampled_index
+    unsampled = torch.ones(40, dtype=torch.bool)
+    unsampled[index] = False
+    torch.testing.assert_close(head.kernel[index], reference[1].kernel.t()[index], rtol=0, atol=1e-7)
+    assert torch.equal(head.kernel[unsampled], start[unsampled])  # no weight decay, no momentum drift
+    assert optimizer.param_groups[0]["lr"] == 0.1 * 0.5 ** 3  # the scheduler drives every group
+    if options.get("momentum"):
+        buffer = optimizer.state[head.kernel]["momentum_buffer"]
+        want = reference[2].state[reference[1].kernel]["momentum_buffer"].t()
+        assert buffer.shape == head.kernel.shape
+        torch.testing.assert_close(buffer[index], want[index], rtol=0, atol=1e-7)
+        assert torch.all(buffer[unsampled] == 0)
+
+
+def test_lazy_sgd_sums_accumulated_micro_batches():
+    """Two backward passes with different samples: autograd adds the sparse gradients, SGD applies the sum."""
+    lazy = _trainer_setup(True)
+    reference = _trainer_setup(False, torch.optim.SGD)
+    for backbone, head, optimizer, _ in (lazy, reference):
+        for seed in (5, 6):
+            torch.manual_seed(seed)
+            head(backbone(TRAIN_INPUTS), TRAIN_LABELS).backward()
+        optimizer.param_groups[0]["weight_decay"] = 0.0  # plain SGD moves only rows with a gradient
+        optimizer.step()
+    torch.testing.assert_close(lazy[1].kernel, reference[1].kernel.t(), rtol=0, atol=1e-7)
+
+
+def test_lazy_sgd_coalesces_repeated_rows():
+    start = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    rows, values = torch.tensor([[3, 1, 3]]), torch.randn(3, 3, generator=torch.Generator().manual_seed(1))
+    lazy, dense = nn.Parameter(start.clone()), nn.Parameter(start.clone())
+    optimizers = [SGD([lazy], lr=0.1, momentum=0.9, weight_decay=0.1),
+                  torch.optim.SGD([dense], lr=0.1, momentum=0.9, weight_decay=0.1)]
+    for _ in range(2):
+        lazy.grad = torch.sparse_coo_tensor(rows, values, (6, 3), check_invariants=True)
+        dense.grad = lazy.grad.to_dense()
+        for optimizer in optimizers:
+            optimizer.step()
+    touched = torch.tensor([1, 3])
+    torch.testing.assert_close(lazy[touched], dense[touched], rtol=0, atol=1e-7)
+    untouched = torch.tensor([0, 2, 4, 5])
+    assert torch.equal(lazy[untouched], start[untouched])
+
+
+def test_lazy_sgd_runs_step_hooks_once_and_closures():
+    torch.optim.SGD([nn.Parameter(torch.zeros(1))])  # torch now wraps torch.optim.SGD.step for its hooks
+    backbone, head, optimizer, _ = _trainer_setup(True, momentum=0.9)
+    calls = []
+    optimizer.register_step_pre_hook(lambda *args: calls.append("pre"))
+    optimizer.register_step_post_hook(lambda *args: calls.append("post"))
+
+    def closure():
+        optimizer.zero_grad()
+        loss = head(backbone(TRAIN_INPUTS), TRAIN_LABELS)
+        loss.backward()
+        return loss
+
+    before = head.kernel.detach().clone()
+    assert torch.isfinite(optimizer.step(closure))
+    assert calls == ["pre", "post"]
+    assert not torch.equal(head.kernel, before)
+
+
+def test_grad_scaler_unscales_the_sparse_gradient_and_skips_on_inf():
+    plain = _trainer_setup(True, momentum=0.9)
+    scaled = _trainer_setup(True, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    for _ in range(2):
+        _train_step(*plain)
+        _train_step(*scaled, scaler=scaler)
+    for mine, want in zip([*scaled[0].parameters(), scaled[1].kernel], [*plain[0].parameters(), plain[1].kernel]):
+        torch.testing.assert_close(mine, want, rtol=1e-6, atol=1e-7)
+    backbone, head, optimizer, _ = scaled
+    before = head.kernel.detach().clone()
+    optimizer.zero_grad()
+    scaler.scale(head(backbone(TRAIN_INPUTS), TRAIN_LABELS)).backward()
+    head.kernel.grad._values()[0, 0] = float("inf")  # an overflow in the sparse gradient alone
+    scaler.step(optimizer)
+    scaler.update()
+    assert torch.equal(head.kernel, before) and scaler.get_scale() == 2.0 ** 9
+
+
+@pytest.mark.parametrize("sparse_grad", [False, True])
+def test_checkpoint_round_trip_of_kernel_optimizer_state(sparse_grad):
+    """The trainer's checkpoint: the kernel's entry leaves the optimizer's state dict, its full momentum
+    is saved beside it; resuming continues exactly as the uninterrupted run."""
+    backbone, head, optimizer, _ = _trainer_setup(sparse_grad, momentum=0.9)
+    assert head.full_optimizer_state(optimizer) == {}  # no momentum before the first step
+    _train_step(backbone, head, optimizer)
+    key = head.optimizer_state_key(optimizer)
+    assert key == 1 and head.optimizer_state_key(torch.optim.SGD(backbone.parameters())) is None
+    full = head.full_optimizer_state(optimizer)["momentum_buffer"]
+    assert full.shape == (EMBEDDING, 40)
+    opt_state = optimizer.state_dict()
+    assert opt_state["state"].pop(key)["momentum_buffer"].shape == head.kernel.shape
+    saved = io.BytesIO()
+    torch.save({"backbone": backbone.state_dict(), "head": head.full_state_dict(), "optimizer": opt_state,
+                "head_optimizer": head.full_optimizer_state(optimizer)}, saved)
+    saved.seek(0)
+    checkpoint = torch.load(saved, weights_only=True)
+    _train_step(backbone, head, optimizer)  # the uninterrupted run
+
+    resumed = _trainer_setup(sparse_grad, momentum=0.9)
+    resumed[0].load_state_dict(checkpoint["backbone"])
+    resumed[1].load_full_state_dict(checkpoint["head"])
+    resumed[2].load_state_dict(checkpoint["optimizer"])
+    resumed[1].load_full_optimizer_state(resumed[2], {})  # no-op
+    assert resumed[1].kernel not in resumed[2].state
+    resumed[1].load_full_optimizer_state(resumed[2], checkpoint["head_optimizer"])
+    _train_step(*resumed[:3])
+    for mine, want in zip([*resumed[0].parameters(), resumed[1].kernel], [*backbone.parameters(), head.kernel]):
+        assert torch.equal(mine, want)
+    assert torch.equal(resumed[2].state[resumed[1].kernel]["momentum_buffer"],
+                       optimizer.state[head.kernel]["momentum_buffer"])
+    with pytest.raises(ValueError, match="momentum_buffer has shape"):
+        head.load_full_optimizer_state(optimizer, {"momentum_buffer": torch.zeros(EMBEDDING, 41)})
+    with pytest.raises(ValueError, match="does not hold"):
+        head.load_full_optimizer_state(torch.optim.SGD(backbone.parameters()), checkpoint["head_optimizer"])
+    no_momentum = _trainer_setup(sparse_grad)
+    _train_step(*no_momentum)
+    assert no_momentum[1].full_optimizer_state(no_momentum[2]) == {}
 
 
 # ---------------------------------------------------------------------------------- two processes
@@ -151,7 +375,8 @@ def _step(kernel, name, rank, **kw):
     embeddings, _, labels, yaw = problem(num_classes=kernel.shape[1])
     module = partial_fc(kernel, margin(name), **kw)
     loss, grad_x = pfc_step(module, _rows(embeddings, rank), _rows(labels, rank), _rows(yaw, rank))
-    return {"loss": loss, "grad_x": grad_x, "grad_kernel": module.kernel.grad.clone(),
+    return {"loss": loss, "grad_x": grad_x, "grad_kernel": kernel_grad(module).clone(),
+            "sparse": module.kernel.grad.is_sparse,
             "class_start": module.class_start, "num_local": module.num_local,
             "sampled_index": module.sampled_index}
 
@@ -165,6 +390,10 @@ def _distributed_checks(rank, out_dir):
     _, kernel40, _, _ = problem(num_classes=40)
     torch.manual_seed(rank)
     results["sampled"] = _step(kernel40, "arcface", rank, sample_rate=0.5)
+    torch.manual_seed(rank)
+    results["sampled_dense"] = _step(kernel40, "arcface", rank, sample_rate=0.5, sparse_grad=False)
+    for sparse_grad in (False, True):
+        results[f"optimizer_sparse{sparse_grad}"] = _optimizer_state_resharding(kernel40, rank, out_dir, sparse_grad)
 
     embeddings, _, labels, _ = problem()
     results["accuracy"] = partial_fc(kernel, margin("arcface")).accuracy(_rows(embeddings, rank),
@@ -180,6 +409,33 @@ def _distributed_checks(rank, out_dir):
     results["kernel_in"] = fresh.kernel.detach().clone()
     results["cosine_in"] = fresh.cosine(embeddings)
     return results
+
+
+def world1_momentum():
+    """A one-process checkpoint's `full_optimizer_state` for 40 classes."""
+    return {"momentum_buffer": torch.randn(EMBEDDING, 40, generator=torch.Generator().manual_seed(9))}
+
+
+def _local_momentum(head, optimizer):
+    buffer = optimizer.state[head.kernel]["momentum_buffer"]
+    return (buffer.t() if head.sparse_grad else buffer).clone()  # (E, num_local)
+
+
+def _optimizer_state_resharding(kernel, rank, out_dir, sparse_grad):
+    """The one-process momentum in (1 -> 2), a lazy or dense step, all of it out (2 -> 1)."""
+    embeddings, _, labels, yaw = problem(num_classes=kernel.shape[1])
+    head = partial_fc(kernel, margin("arcface"), sample_rate=0.5, sparse_grad=sparse_grad)
+    optimizer = SGD([head.kernel], lr=0.1, momentum=0.9, weight_decay=5e-4)
+    case = {"empty": head.full_optimizer_state(optimizer)}
+    head.load_full_optimizer_state(optimizer, torch.load(out_dir / "world1_momentum.pt", weights_only=True))
+    case["momentum_in"] = _local_momentum(head, optimizer)
+    torch.manual_seed(rank)
+    pfc_step(head, _rows(embeddings, rank), _rows(labels, rank), _rows(yaw, rank))
+    optimizer.step()
+    case["momentum_local"] = _local_momentum(head, optimizer)
+    case["momentum_out"] = head.full_optimizer_state(optimizer).get("momentum_buffer")
+    case["sampled_index"] = head.sampled_index
+    return case
 
 
 def _worker(rank, world_size, out_dir):
@@ -198,6 +454,7 @@ def two_ranks(tmp_path_factory):
     torch.manual_seed(7)
     world1 = PartialFC(EMBEDDING, 11, margin("arcface"))
     torch.save(world1.full_state_dict(), out_dir / "world1.pt")
+    torch.save(world1_momentum(), out_dir / "world1_momentum.pt")
     mp.spawn(_worker, args=(2, out_dir), nprocs=2, join=True)
     return world1, [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
@@ -238,6 +495,9 @@ def test_two_ranks_sampled_keep_positives(two_ranks):
         unsampled[index] = False
         assert torch.all(step["grad_kernel"][:, unsampled] == 0)
         assert step["grad_kernel"][:, index].abs().sum() > 0
+        assert step["sparse"] and not r["sampled_dense"]["sparse"]
+        assert torch.equal(r["sampled_dense"]["sampled_index"], index)
+        torch.testing.assert_close(step["grad_kernel"], r["sampled_dense"]["grad_kernel"], rtol=0, atol=0)
 
 
 def test_two_ranks_full_state_dict_and_resharding(two_ranks):
@@ -248,7 +508,7 @@ def test_two_ranks_full_state_dict_and_resharding(two_ranks):
     # world size 1 -> 2: each rank holds its exact slice, and the sharded cosines are the one-process ones
     # (to float rounding: the matrix product blocks 6 + 5 columns differently from 11)
     assert torch.equal(torch.cat([r["kernel_in"] for r in ranks], dim=1), world1.kernel.detach())
-    close = dict(rtol=1e-6, atol=1e-6)
+    close = {"rtol": 1e-6, "atol": 1e-6}
     torch.testing.assert_close(torch.cat([r["cosine_in"] for r in ranks], dim=1), world1.cosine(embeddings), **close)
     # world size 2 -> 1
     world1.load_full_state_dict({"kernel": ranks[0]["full"]})
@@ -256,3 +516,27 @@ def test_two_ranks_full_state_dict_and_resharding(two_ranks):
     torch.testing.assert_close(world1.cosine(embeddings), torch.cat([r["cosine_out"] for r in ranks], dim=1), **close)
     want = partial_fc(kernel, margin("arcface")).accuracy(embeddings, labels)
     assert ranks[0]["accuracy"] == ranks[1]["accuracy"] == want
+
+
+@pytest.mark.parametrize("sparse_grad", [False, True])
+def test_two_ranks_optimizer_state_resharding(two_ranks, sparse_grad):
+    _, ranks = two_ranks
+    cases = [r[f"optimizer_sparse{sparse_grad}"] for r in ranks]
+    assert cases[0]["empty"] == cases[1]["empty"] == {}  # no momentum yet
+    momentum = world1_momentum()["momentum_buffer"]
+    # world size 1 -> 2: each rank holds its slice
+    assert torch.equal(torch.cat([c["momentum_in"] for c in cases], dim=1), momentum)
+    # world size 2 -> 1, after a step: rank 0 gathers every slice
+    after = torch.cat([c["momentum_local"] for c in cases], dim=1)
+    assert not torch.equal(after, momentum)
+    assert torch.equal(cases[0]["momentum_out"], after) and cases[1]["momentum_out"] is None
+    if sparse_grad:  # the lazy step left the momentum of unsampled centres as it was
+        for c in cases:
+            unsampled = torch.ones(c["momentum_in"].shape[1], dtype=torch.bool)
+            unsampled[c["sampled_index"]] = False
+            assert torch.equal(c["momentum_local"][:, unsampled], c["momentum_in"][:, unsampled])
+    # the checkpoint does not depend on the layout: resume it in the other one
+    head = PartialFC(EMBEDDING, 40, margin("arcface"), sample_rate=0.5, sparse_grad=not sparse_grad)
+    optimizer = SGD([head.kernel], lr=0.1, momentum=0.9)
+    head.load_full_optimizer_state(optimizer, {"momentum_buffer": cases[0]["momentum_out"]})
+    assert torch.equal(head.full_optimizer_state(optimizer)["momentum_buffer"], after)
