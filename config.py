@@ -1,7 +1,9 @@
 """Run configuration: one dataclass that fully describes a run, saved as JSON beside its outputs.
 
-The data layer reads `data_path`, `batch_size`, `num_workers`, `seed` and `augment`; the training fields
-are filled in by the Learner issue (train.py flags map one-to-one onto these names).
+train.py's long flags map one-to-one onto these field names; a saved `config.json` (or a YAML file with
+the same keys) given to `--config` reproduces a run, and flags given beside it override its values.
+Defaults follow TreB1eN/InsightFace_Pytorch (SGD, momentum 0.9, weight decay 5e-4, LR /10 at epochs
+12, 15, 18 of 20) unless a comment says otherwise.
 """
 from __future__ import annotations
 
@@ -12,6 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from utils import UserError, atomic_write_text
+
+NET_MODES = ("ir_se", "ir", "mobilefacenet", "r50", "r100")
+SCHEDULES = ("step", "cosine", "poly")
+AMP_MODES = ("off", "fp16", "bf16")
+# TreB1eN's -d/--data_mode: the folder each of its data sets is prepared into (concat is not supported)
+DATA_MODES = {"emore": "data/faces_emore", "ms1m": "data/faces_ms1m", "vgg": "data/faces_vgg_112x112"}
 
 
 @dataclass
@@ -40,18 +48,85 @@ class AugmentConfig:
 
 @dataclass
 class Config:
+    # data
     data_path: str = "data/faces_emore"   # a RecordIO folder (train.rec) or an image folder (imgs/<class>/...)
-    work_path: str = "work_space"
+    work_path: str = "work_space"         # outputs: config.json, save/, log/, history/
+    num_workers: int = 3
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # model
     net_mode: str = "ir_se"
     depth: int = 50
     embedding_size: int = 512
+    drop_ratio: float | None = None       # None: the backbone's own default (0.6 IR/IR-SE, 0 IResNet)
+    pretrained: str | None = None         # backbone weights to start from (ours, TreB1eN or arcface_torch)
     head: str = "arcface"
-    batch_size: int = 100
+    head_options: dict = field(default_factory=dict)  # the head's keyword arguments (s, m, m1, m2, ...)
+    pose_schedule: float = 0.0            # PGAML: epochs over which the pose term m2 ramps in (0 = at once)
+    sample_rate: float = 1.0              # Partial FC: fraction of the class centres used per step
+    # optimisation
+    batch_size: int = 96                  # per process
     epochs: int = 20
-    lr: float = 0.1
-    num_workers: int = 3
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "step"
+    milestones: list = field(default_factory=lambda: [12, 15, 18])  # epochs ('step' schedule)
+    lr_gamma: float = 0.1                 # LR factor at each milestone
+    warmup_epochs: float = 0.0            # linear warm-up from 0 (any schedule)
+    poly_power: float = 2.0               # 'poly': lr * (1 - progress) ** power (arcface_torch uses 2)
+    amp: str = "off"
+    channels_last: bool = False
+    compile: bool = False
+    # schedule of the run
+    max_steps: int | None = None          # stop after this many steps; the LR schedule is unchanged
+    log_every: int = 0                    # steps between logged scalars (0: ~100 per epoch, TreB1eN's rate)
+    eval_every: int = 0                   # steps between evaluations (0: 10 per epoch, TreB1eN's rate)
+    save_every: int = 0                   # steps between checkpoints (0: 5 per epoch, TreB1eN's rate)
+    keep_checkpoints: int = 2             # newest full checkpoints kept in save/
+    val_sets: str = "lfw,agedb_30,cfp_fp"  # comma-separated, or 'all' (the prepared sets under data_path)
+    val_batch_size: int = 256
+    val_flip: bool = True                 # flip test-time augmentation during evaluation
+    best_metric: str = "accuracy"         # mean accuracy over val_sets, or '<set>/<scalar>' e.g. cfp_fp/accuracy
+    max_nonfinite: int = 20               # consecutive non-finite losses that stop the run
+    resume: str | None = None             # 'auto' (newest valid checkpoint in save/) or a checkpoint path
+    # reproducibility and placement
+    device: str = "auto"                  # 'auto': cuda:<local rank> when CUDA is available, else cpu
     seed: int = 0
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    deterministic: bool = False
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        _choice("net_mode", self.net_mode, NET_MODES)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("amp", self.amp, AMP_MODES)
+        for name in ("batch_size", "epochs", "embedding_size", "depth", "keep_checkpoints", "max_nonfinite",
+                     "val_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise UserError(f"--{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("num_workers", "log_every", "eval_every", "save_every"):
+            if int(getattr(self, name)) < 0:
+                raise UserError(f"--{name} must not be negative, not {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UserError(f"--max_steps must be at least 1, not {self.max_steps}")
+        if not self.lr > 0:
+            raise UserError(f"--lr must be positive, not {self.lr}")
+        if not 0.0 < self.sample_rate <= 1.0:
+            raise UserError(f"--sample_rate must be in (0, 1], not {self.sample_rate}")
+        if self.warmup_epochs < 0 or self.pose_schedule < 0:
+            raise UserError("--warmup_epochs and --pose_schedule must not be negative")
+        if sorted(self.milestones) != list(self.milestones) or any(m <= 0 for m in self.milestones):
+            raise UserError(f"--milestones must be increasing positive epochs, not {self.milestones}")
+        if not isinstance(self.head_options, dict):
+            raise UserError("head_options must be a mapping of the head's keyword arguments")
+        if self.drop_ratio is not None and not 0.0 <= self.drop_ratio < 1.0:
+            raise UserError(f"--drop_ratio must be in [0, 1), not {self.drop_ratio}")
+
+    @property
+    def backbone_name(self) -> str:
+        """The `model.build_backbone` name: `-n ir_se --depth 50` -> 'ir_se_50'."""
+        return f"{self.net_mode}_{self.depth}" if self.net_mode in ("ir_se", "ir") else self.net_mode
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -64,26 +139,53 @@ class Config:
         if unknown:
             raise UserError(f"{source}: unknown setting(s) {', '.join(unknown)}")
         augment = values.pop("augment", {})
+        if isinstance(augment, AugmentConfig):
+            augment = dataclasses.asdict(augment)
         if not isinstance(augment, dict):
             raise UserError(f"{source}: 'augment' must be a mapping")
         augment_known = {f.name for f in dataclasses.fields(AugmentConfig)}
         unknown = sorted(set(augment) - augment_known)
         if unknown:
             raise UserError(f"{source}: unknown augment setting(s) {', '.join(unknown)}")
-        return cls(augment=AugmentConfig(**augment), **values)
+        try:
+            return cls(augment=AugmentConfig(**augment), **values)
+        except TypeError as err:  # a wrongly typed value that the checks trip over
+            raise UserError(f"{source}: {err}") from None
+
+    def replace(self, **changes) -> "Config":
+        return Config.from_dict({**self.to_dict(), **changes})
 
     def save(self, path: str | os.PathLike) -> None:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Config":
-        path = Path(path)
+        """A JSON file (as `save` writes), or YAML (.yaml/.yml) with the same keys."""
+        return cls.from_dict(read_settings(path), source=str(path))
+
+
+def read_settings(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
         try:
-            values = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UserError(f"{path}: config file not found") from None
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise UserError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+    else:
+        try:
+            values = json.loads(text)
         except json.JSONDecodeError as err:
             raise UserError(f"{path}: not valid JSON ({err})") from None
-        if not isinstance(values, dict):
-            raise UserError(f"{path}: expected a JSON object of settings")
-        return cls.from_dict(values, source=str(path))
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: expected a mapping of settings")
+    return values
+
+
+def _choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise UserError(f"--{name} {value!r}: choose one of {', '.join(choices)}")

@@ -1,11 +1,161 @@
-"""Training entry point (`python train.py -n ir_se -b 200 ...`).
+"""Train a face-recognition model: `python train.py -n ir_se -b 200 --head pgaml`.
 
-Training arrives with the Learner issue; until then this says so instead of pretending to train.
+TreB1eN's short flags (-n/-net, -b, -e, -lr, -w, -d, -depth) keep their meaning; every other flag has a long
+name equal to its `config.Config` field. Precedence: Config defaults < `--config FILE` < flags given.
+Distributed: `torchrun --nproc_per_node=N train.py ...` (NCCL on GPUs, gloo on CPU).
 """
-import sys
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+
+from config import AMP_MODES, NET_MODES, SCHEDULES, AugmentConfig, Config, read_settings
+from utils import CliParser, UserError, run_cli, setup_logging
+
+DEFAULTS = Config.__new__(Config)  # field defaults without validation, for the help texts
+for _field in dataclasses.fields(Config):
+    setattr(DEFAULTS, _field.name, _field.default if _field.default is not dataclasses.MISSING
+            else _field.default_factory())
+HEAD_FLAGS = ("s", "m", "m1", "m2", "m3")
+AUGMENT_FLAGS = ("flip_prob", "downscale_prob", "blur_prob", "jpeg_prob")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = CliParser(prog="train.py", description=__doc__, allow_abbrev=False,
+                       argument_default=argparse.SUPPRESS, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    group = parser.add_argument_group("data and outputs")
+
+    def flag(*names, help, **kw):
+        field = names[-1].lstrip("-")
+        default = getattr(DEFAULTS, field, None)
+        suffix = f" (default: {default})" if default not in (None, "", []) and "action" not in kw else ""
+        group.add_argument(*names, help=help + suffix, **kw)
+
+    flag("--data_path", help="RecordIO folder (train.rec, train.idx, prepared val sets) or image folder")
+    group.add_argument("-d", "--data_mode", help="TreB1eN's data set name: emore, ms1m or vgg "
+                        "(= --data_path data/faces_<name>); --data_path wins when both are given")
+    flag("--work_path", help="outputs: config.json, save/ (checkpoints, model_*.pth), log/ (TensorBoard), history/")
+    flag("-w", "--num_workers", type=int, help="data loading processes per training process")
+    for name in AUGMENT_FLAGS:
+        group.add_argument(f"--{name}", type=float, help=f"augmentation probability "
+                            f"(default: {getattr(AugmentConfig, name)}; see README)")
+
+    group = parser.add_argument_group("model and head")
+    flag("-n", "-net", "--net_mode", choices=NET_MODES, help="backbone family")
+    flag("-depth", "--net_depth", "--depth", type=int, choices=(50, 100, 152), help="IR / IR-SE depth")
+    flag("--embedding_size", type=int, help="embedding dimension")
+    flag("--drop_ratio", type=float, help="dropout before the embedding layer (default: 0.6 IR/IR-SE, 0 IResNet)")
+    flag("--pretrained", help="backbone weights to start from: ours, TreB1eN's or arcface_torch's (fine-tuning)")
+    flag("--head", help="margin head: arcface, pgaml, cosface, sphereface, combined, adaface, magface, "
+                        "curricularface")
+    # --scale/--margin rather than --s/--m: torchrun's argparse rejects any flag that abbreviates one of its own
+    group.add_argument("--scale", dest="s", type=float, help="head scale s (default: the head's own, 64 for most)")
+    group.add_argument("--margin", dest="m", type=float, help="head margin m (arcface 0.5, cosface 0.35, ...)")
+    for name in ("m1", "m2", "m3"):
+        group.add_argument(f"--{name}", type=float, help=f"head option {name} (pgaml: m1=0.5, m2=0.2; "
+                           "combined: m1, m2, m3 as arcface_torch)")
+    group.add_argument("--head_option", action="append", metavar="KEY=VALUE",
+                        help="any other keyword argument of the head, e.g. t_alpha=0.01 (repeatable)")
+    flag("--pose_schedule", type=float, help="pgaml: epochs over which the pose term m2 ramps in from 0")
+    flag("--sample_rate", type=float, help="Partial FC: fraction of class centres used per step")
+
+    group = parser.add_argument_group("optimisation")
+    flag("-b", "--batch_size", type=int, help="images per process per step")
+    flag("-e", "--epochs", type=int, help="epochs (the LR schedule spans them)")
+    flag("-lr", "--lr", type=float, help="peak learning rate")
+    flag("--momentum", type=float, help="SGD momentum")
+    flag("--weight_decay", type=float, help="weight decay (none on BatchNorm and biases)")
+    flag("--schedule", choices=SCHEDULES, help="LR schedule: step (x lr_gamma at each milestone), cosine, poly")
+    flag("--milestones", type=_int_list, help="epochs of the step schedule's LR drops, comma-separated")
+    flag("--lr_gamma", type=float, help="LR factor at each milestone")
+    flag("--warmup_epochs", type=float, help="linear LR warm-up from 0, in epochs")
+    flag("--poly_power", type=float, help="power of the poly schedule")
+    flag("--amp", choices=AMP_MODES, help="mixed precision: fp16 (with a gradient scaler) or bf16")
+    flag("--channels_last", action="store_true", help="channels-last memory format (faster on tensor cores)")
+    flag("--compile", action="store_true", help="torch.compile the backbone")
+
+    group = parser.add_argument_group("run control")
+    flag("--max_steps", type=int, help="stop after this many steps (the LR schedule still spans --epochs)")
+    flag("--log_every", type=int, help="steps between logged scalars (0: ~100 per epoch)")
+    flag("--eval_every", type=int, help="steps between evaluations (0: 10 per epoch)")
+    flag("--save_every", type=int, help="steps between checkpoints (0: 5 per epoch)")
+    flag("--keep_checkpoints", type=int, help="newest checkpoints kept")
+    flag("--val_sets", help="val sets to evaluate: comma-separated, 'all' or 'none'")
+    flag("--val_batch_size", type=int, help="batch size of evaluation")
+    group.add_argument("--no_val_flip", dest="val_flip", action="store_false",
+                        help="evaluate without flip test-time augmentation")
+    flag("--best_metric", help="what model_best.pth maximises: accuracy (mean over val sets) or <set>/<scalar>")
+    flag("--max_nonfinite", type=int, help="consecutive non-finite losses that stop the run")
+    flag("--resume", help="'auto' (newest valid checkpoint in <work_path>/save) or a checkpoint file")
+    flag("--device", help="auto, cpu, cuda or cuda:N")
+    flag("--seed", type=int, help="seed of initialisation, data order and augmentation")
+    flag("--deterministic", action="store_true", help="deterministic algorithms (exactly repeatable, slower)")
+    group.add_argument("--config", help="a config.json (as every run saves) or YAML file with Config's keys")
+    group.add_argument("--find_lr", type=int, nargs="?", const=100, metavar="STEPS",
+                        help="run the LR range test for STEPS steps (default 100), plot history/lr_finder.png, exit")
+    group.add_argument("--log_level", default="INFO", choices=("DEBUG", "INFO", "WARNING"), help="logging level")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    given = dict(vars(args))
+    for name in ("config", "find_lr", "log_level"):
+        given.pop(name, None)
+    values = read_settings(args.config) if getattr(args, "config", None) else {}
+    if "data_mode" in given:
+        from learner import data_path_for
+        mode_path = data_path_for(given.pop("data_mode"))
+        given.setdefault("data_path", mode_path)
+    if "net_depth" in given:
+        given["depth"] = given.pop("net_depth")
+    head_options = dict(values.get("head_options", {}))
+    head_options.update({name: given.pop(name) for name in HEAD_FLAGS if name in given})
+    for item in given.pop("head_option", []):
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise UserError(f"--head_option {item}: expected KEY=VALUE")
+        head_options[key.strip()] = _number(text)
+    augment = dict(values.get("augment", {}))
+    augment.update({name: given.pop(name) for name in AUGMENT_FLAGS if name in given})
+    return Config.from_dict({**values, **given, "head_options": head_options, "augment": augment},
+                            source=getattr(args, "config", None) or "flags")
+
+
+def main() -> int:
+    args = build_parser().parse_args()
+    # torchrun: the other ranks report warnings only (rank 0 logs the run)
+    main_process = os.environ.get("RANK", "0") == "0"
+    setup_logging(getattr(logging, args.log_level) if main_process else logging.WARNING)
+    config = config_from_args(args)
+    from learner import Learner  # torch and the model zoo load after the flags are checked
+    learner = Learner(config)
+    if getattr(args, "find_lr", None):
+        log_lrs, losses = learner.find_lr(num=args.find_lr)
+        best = log_lrs[min(range(len(losses)), key=losses.__getitem__)] if losses else float("nan")
+        print(f"LR range test: {len(losses)} steps; lowest smoothed loss at lr {10 ** best:.2e}; "
+              f"plot: {learner.history_dir / 'lr_finder.png'}")
+        return 0
+    learner.train()
+    return 0
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, not {text!r}") from None
+
+
+def _number(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
 
 if __name__ == "__main__":
-    print("train.py: training is not implemented yet (it arrives with the Learner/train.py issue); "
-          "the data layer is ready: see `python data/prepare_data.py -h` and `python data/synthetic.py -h`.",
-          file=sys.stderr)
-    sys.exit(2)
+    run_cli(main)

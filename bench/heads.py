@@ -137,7 +137,6 @@ def memory_child(num_classes: int, args) -> None:
         head_kib, method = _peak_kib(lambda: head_step(head, inputs))
         margin_kib, _ = _peak_kib(lambda: margin_step(head.margin, cosine, inputs))
         report[name] = {"head_mib": head_kib / 1024, "margin_mib": margin_kib / 1024, "method": method}
-        del head, cosine
     print(json.dumps(report))
 
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
+from config import AugmentConfig
 from data.images import ImageDecodeError, decode_rgb, encode_jpeg
 from data.recordio import RecordError, RecordReader, class_label, detect_layout, read_property
-from config import AugmentConfig
 from utils import UserError
 
 log = logging.getLogger(__name__)
@@ -279,13 +279,52 @@ def collate_batch(batch: list) -> tuple[torch.Tensor, torch.Tensor, dict]:
     return images, labels, side
 
 
-def build_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, shuffle: bool = True,
-                 seed: int = 0, drop_last: bool = True, pin_memory: bool | None = None) -> DataLoader:
-    """DataLoader with a DistributedSampler when torch.distributed is initialised.
-
-    Workers are not persistent, so each epoch's iterator sees the dataset's current `set_epoch`.
+class ResumableSampler(Sampler):
+    """The training order: one permutation per epoch, drawn from (seed, epoch) alone, cut into global
+    batches of `batch_size * world_size`; rank r takes the r-th slice of each. `set_position(epoch,
+    samples_done)` starts mid-epoch, so a resumed run sees exactly the batches an uninterrupted run would
+    (at another world size it continues from the same place in the same permutation). The last partial
+    global batch of an epoch is dropped.
     """
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+
+    def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0):
+        self.num_samples, self.batch_size = num_samples, batch_size
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.global_batch = batch_size * world_size
+        self.steps_per_epoch = num_samples // self.global_batch
+        if self.steps_per_epoch == 0:
+            raise UserError(f"{num_samples} training images do not fill one global batch of {self.global_batch} "
+                            "(--batch_size x processes)")
+        self.epoch, self.start_step = 0, 0
+
+    def set_position(self, epoch: int, samples_done: int = 0) -> None:
+        self.epoch, self.start_step = epoch, min(samples_done // self.global_batch, self.steps_per_epoch)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
+
+    def __iter__(self):
+        order = self.permutation(self.epoch)
+        for step in range(self.start_step, self.steps_per_epoch):
+            first = step * self.global_batch + self.rank * self.batch_size
+            yield from order[first:first + self.batch_size].tolist()
+
+    def __len__(self) -> int:
+        return (self.steps_per_epoch - self.start_step) * self.batch_size
+
+
+def build_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, shuffle: bool = True,
+                 seed: int = 0, drop_last: bool = True, pin_memory: bool | None = None,
+                 sampler: Sampler | None = None) -> DataLoader:
+    """DataLoader with a DistributedSampler when torch.distributed is initialised (or the given `sampler`).
+
+    Workers are not persistent, so each epoch's iterator sees the dataset's current `set_epoch`. The
+    loader has its own generator, so creating an iterator does not consume torch's global random state
+    (which a resumed run restores).
+    """
+    if sampler is not None:
+        pass
+    elif torch.distributed.is_available() and torch.distributed.is_initialized():
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
     elif shuffle:
         sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
@@ -295,7 +334,8 @@ def build_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, shuffl
         pin_memory = torch.cuda.is_available()
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       collate_fn=collate_batch, pin_memory=pin_memory, drop_last=drop_last,
-                      prefetch_factor=4 if num_workers > 0 else None)
+                      prefetch_factor=4 if num_workers > 0 else None,
+                      generator=torch.Generator().manual_seed(seed))
 
 
 def to_model_input(images: torch.Tensor, device: torch.device | str = "cpu",

@@ -70,7 +70,7 @@ def face_json(landmarks, with_landmarks=True):
 def write_layout(root):
     rng = np.random.default_rng(0)
     probes, ids = [], []
-    for number, (name, count) in enumerate(IDENTITIES.items()):
+    for name, count in IDENTITIES.items():
         colour = tuple(int(c) for c in rng.integers(100, 255, 3))
         for n in range(1, count + 1):
             path = root / "facescrub" / name / f"{name}_{n}.png"

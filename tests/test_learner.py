@@ -1,0 +1,209 @@
+"""The Learner on a small synthetic emore folder: outputs, exact resume, faults, LR finder, distributed runs."""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import schedule
+from checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from config import Config
+from learner import Learner
+from model import load_backbone_weights
+from run_log import read_scalars
+from utils import UserError
+
+
+def small_config(data, work, **changes) -> Config:
+    """MobileFaceNet with 64-d embeddings, batch 8: about a quarter of a second per step on one core."""
+    values = dict(data_path=str(data), work_path=str(work), net_mode="mobilefacenet", embedding_size=64,
+                  batch_size=8, epochs=3, lr=0.05, milestones=[2], num_workers=0, head="pgaml",
+                  head_options={"s": 16.0, "m1": 0.3, "m2": 0.1}, log_every=1, eval_every=0, save_every=2,
+                  val_sets="none", deterministic=True, seed=5)
+    values.update(changes)
+    return Config(**values)
+
+
+def losses(work) -> dict[int, float]:
+    return {r["step"]: r["value"] for r in read_scalars(os.path.join(work, "log"), "train/loss")}
+
+
+def test_train_writes_checkpoints_models_and_logs(train_data, tmp_path):
+    work = tmp_path / "run"
+    config = small_config(train_data, work, max_steps=4, eval_every=2, val_sets="lfw,cfp_fp")
+    progress = Learner(config).train()
+    assert progress.step == 4 and progress.epoch == 0 and progress.samples_in_epoch == 32
+    assert Config.load(work / "config.json") == config
+    assert [p.name for p in list_checkpoints(work / "save")] == ["checkpoint_step00000004.pt",
+                                                                 "checkpoint_step00000002.pt"]
+    state = load_checkpoint(work / "save" / "checkpoint_step00000004.pt")
+    assert state["head"]["kernel"].shape == (64, 10)
+    assert state["input"]["channel_order"] == "RGB" and state["world_size"] == 1
+    # the exported weights load the TreB1eN way (plain state_dict, strict) and through eval.py's loader
+    model, meta = load_backbone_weights(None, work / "save" / "model_latest.pth")
+    assert meta["backbone"] == "mobilefacenet" and meta["source"] == "ours"
+    assert (work / "save" / "model_best.pth").is_file()
+    assert set(losses(work)) == {1, 2, 3, 4}
+    tags = {r["tag"] for r in read_scalars(work / "log")}
+    assert {"train/lr", "train/accuracy", "perf/images_per_s", "perf/data_wait_fraction",
+            "val/lfw/accuracy", "val/lfw/best_threshold", "val/cfp_fp/accuracy_profile"} <= tags
+    assert any(t.startswith("val/lfw/tar@far=") for t in tags)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(work / "log")).Reload()
+    assert "val/lfw/roc" in events.Tags()["images"]
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+
+
+def test_resume_repeats_the_uninterrupted_losses(train_data, tmp_path):
+    whole = small_config(train_data, tmp_path / "whole", max_steps=7)
+    Learner(whole).train()
+    first = small_config(train_data, tmp_path / "parts", max_steps=3)  # saves at 2, and at 3 on stopping
+    Learner(first).train()
+    os.remove(tmp_path / "parts" / "save" / "checkpoint_step00000003.pt")  # resume from step 2
+    resumed = Learner(first.replace(max_steps=7, resume="auto"))
+    assert resumed.progress.step == 2
+    resumed.train()
+    expected, got = losses(tmp_path / "whole"), losses(tmp_path / "parts")
+    assert sorted(got) == list(range(1, 8))  # the log was cut back to the checkpoint, then continued
+    np.testing.assert_array_equal([got[s] for s in range(1, 8)], [expected[s] for s in range(1, 8)])
+
+
+def test_training_lowers_the_loss(train_data, tmp_path):
+    config = small_config(train_data, tmp_path / "run", head="arcface", head_options={"s": 16.0, "m": 0.2},
+                          batch_size=16, lr=0.1, epochs=5, milestones=[4], save_every=100)
+    Learner(config).train()
+    values = losses(tmp_path / "run")
+    steps = sorted(values)
+    assert len(steps) == 25
+    assert np.mean([values[s] for s in steps[-5:]]) < 0.8 * np.mean([values[s] for s in steps[:5]])
+    assert (tmp_path / "run" / "save" / "model_final.pth").is_file()
+
+
+def test_nonfinite_losses_are_skipped_then_stop_the_run(train_data, tmp_path):
+    learner = Learner(small_config(train_data, tmp_path / "run", max_steps=8, max_nonfinite=3))
+    forward = learner.head.forward
+    calls = []
+
+    def sometimes_nan(*args, **kwargs):
+        calls.append(1)
+        loss = forward(*args, **kwargs)
+        return loss * math.nan if len(calls) == 2 or len(calls) >= 4 else loss
+
+    learner.head.forward = sometimes_nan
+    with pytest.raises(UserError, match="not finite in 3 consecutive steps"):
+        learner.train()
+    # steps 1 and 3 trained; 2, 4, 5, 6 were skipped; the run stopped during the 6th (5 steps done)
+    assert learner.progress.nonfinite_total == 4 and learner.progress.step == 5
+    # the last good state was saved; steps 4 and 5 changed nothing
+    path, state = latest_checkpoint(tmp_path / "run" / "save")
+    assert path.name == "checkpoint_step00000005.pt" and state["nonfinite_total"] == 4
+    after_step3 = load_checkpoint(tmp_path / "run" / "save" / "checkpoint_step00000004.pt")
+    for key, value in state["model"].items():
+        torch.testing.assert_close(value, after_step3["model"][key], rtol=0, atol=0)
+    assert read_scalars(tmp_path / "run" / "log", "train/nonfinite_steps")[-1]["value"] >= 1
+
+
+def test_pgaml_without_pose_is_a_clear_error(train_data, tmp_path):
+    data = tmp_path / "no_pose"
+    shutil.copytree(train_data, data)
+    (data / "pose.npy").unlink()
+    with pytest.raises(UserError, match=r"--head pgaml needs the yaw .*pose.npy"):
+        Learner(small_config(data, tmp_path / "run"))
+
+
+def test_resume_refuses_another_architecture(train_data, tmp_path):
+    Learner(small_config(train_data, tmp_path / "run", max_steps=2)).train()
+    with pytest.raises(UserError, match="trained with --embedding_size 64, not 128"):
+        Learner(small_config(train_data, tmp_path / "run", embedding_size=128, resume="auto"))
+
+
+def test_find_lr_restores_the_model_and_plots(train_data, tmp_path):
+    learner = Learner(small_config(train_data, tmp_path / "run"))
+    before = {k: v.clone() for k, v in learner.backbone.state_dict().items()}
+    log_lrs, smoothed = learner.find_lr(init_value=1e-4, final_value=1.0, num=6)
+    assert 2 <= len(log_lrs) <= 6 and log_lrs[0] == pytest.approx(-4)
+    assert all(math.isfinite(v) for v in smoothed)
+    for key, value in learner.backbone.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+    assert (tmp_path / "run" / "history" / "lr_finder.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("name, at, expected", [
+    ("step", 0.5, 0.1), ("step", 12.0, 0.01), ("step", 15.5, 0.001), ("step", 19.9, 0.0001),
+    ("cosine", 0.0, 0.1), ("cosine", 10.0, 0.05), ("cosine", 20.0, 0.0),
+    ("poly", 10.0, 0.025), ("poly", 20.0, 0.0),
+])
+def test_lr_schedules(name, at, expected):
+    config = Config(lr=0.1, epochs=20, schedule=name)
+    assert schedule.lr_at(config, at) == pytest.approx(expected, abs=1e-12)
+
+
+def test_lr_warmup_then_schedule():
+    config = Config(lr=0.1, epochs=20, schedule="poly", warmup_epochs=2)
+    assert schedule.lr_at(config, 0.0) == 0.0
+    assert schedule.lr_at(config, 1.0) == pytest.approx(0.05)
+    assert schedule.lr_at(config, 2.0) == pytest.approx(0.1)
+    assert schedule.lr_at(config, 11.0) == pytest.approx(0.1 * 0.5 ** 2)
+
+
+# ------------------------------------------------------------------------------------ distributed (gloo)
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train_rank(rank: int, world_size: int, port: int, config: Config, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    try:
+        learner = Learner(config)
+        learner.train()
+        torch.save({"model": _parameters(learner), "kernel": learner.head.kernel.detach().clone(),
+                    "step": learner.progress.step}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _parameters(learner: Learner) -> dict:
+    """The backbone's weights (BatchNorm's running statistics are per rank under DDP; rank 0's are saved)."""
+    return {name: p.detach().clone() for name, p in learner.backbone.named_parameters()}
+
+
+def _run(world_size: int, config: Config, out_dir) -> list[dict]:
+    if world_size == 1:
+        learner = Learner(config)
+        learner.train()
+        return [{"model": _parameters(learner), "step": learner.progress.step}]
+    mp.spawn(_train_rank, args=(world_size, _free_port(), config, str(out_dir)), nprocs=world_size)
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(world_size)]
+
+
+def test_two_processes_stay_equal_and_resume_at_other_world_sizes(train_data, tmp_path):
+    work = tmp_path / "run"
+    config = small_config(train_data, work, batch_size=4, max_steps=2)
+    ranks = _run(2, config, tmp_path)
+    assert ranks[0]["step"] == ranks[1]["step"] == 2
+    for key, value in ranks[0]["model"].items():  # DDP all-reduced real gradients: identical replicas
+        torch.testing.assert_close(value, ranks[1]["model"][key], rtol=0, atol=0)
+    assert ranks[0]["kernel"].shape == (64, 5) == ranks[1]["kernel"].shape  # 10 classes sharded in two
+    initial = _parameters(Learner(small_config(train_data, tmp_path / "fresh", batch_size=4)))
+    assert any(not torch.equal(initial[k], v) for k, v in ranks[0]["model"].items())
+
+    # saved by 2 processes, resumed by 1 (global batch 8 either way), then by 2 again
+    state = load_checkpoint(list_checkpoints(work / "save")[0])
+    assert state["world_size"] == 2 and state["samples_in_epoch"] == 16 and state["head"]["kernel"].shape == (64, 10)
+    single = _run(1, config.replace(batch_size=8, max_steps=3, resume="auto"), tmp_path)
+    assert single[0]["step"] == 3
+    again = _run(2, config.replace(max_steps=5, resume="auto"), tmp_path)
+    assert again[0]["step"] == 5
+    for key, value in again[0]["model"].items():
+        torch.testing.assert_close(value, again[1]["model"][key], rtol=0, atol=0)
