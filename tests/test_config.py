@@ -17,7 +17,7 @@ def test_save_load_round_trip(tmp_path):
     ('{"batch": 3}', "unknown setting"),
     ('{"augment": {"blur": 1}}', "unknown augment setting"),
     ('{"augment": {"jpeg_prob": 2}}', r"augment.jpeg_prob=2 must be a probability"),
-    ("[1, 2]", "expected a JSON object"),
+    ("[1, 2]", "expected a mapping of settings"),
     ("{not json", "not valid JSON"),
 ])
 def test_bad_config_files(tmp_path, content, message):
@@ -29,3 +29,26 @@ def test_bad_config_files(tmp_path, content, message):
 def test_missing_config(tmp_path):
     with pytest.raises(UserError, match="config file not found"):
         Config.load(tmp_path / "none.json")
+
+
+def test_yaml_config_and_validation(tmp_path):
+    (tmp_path / "run.yaml").write_text("net_mode: mobilefacenet\nbatch_size: 64\nhead_options: {s: 32}\n")
+    config = Config.load(tmp_path / "run.yaml")
+    assert config.batch_size == 64 and config.head_options == {"s": 32} and config.backbone_name == "mobilefacenet"
+    assert Config(net_mode="ir_se", depth=100).backbone_name == "ir_se_100"
+    (tmp_path / "bad.yaml").write_text("net_mode: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        Config.load(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"net_mode": "resnet"}, "--net_mode 'resnet': choose one of"),
+    ({"lr": 0}, "--lr must be positive"),
+    ({"sample_rate": 1.5}, "--sample_rate must be in"),
+    ({"milestones": [15, 12]}, "--milestones must be increasing"),
+    ({"batch_size": 0}, "--batch_size must be at least 1"),
+    ({"max_steps": 0}, "--max_steps must be at least 1"),
+])
+def test_invalid_settings(changes, message):
+    with pytest.raises(UserError, match=message):
+        Config(**changes)

@@ -179,3 +179,24 @@ def test_jpeg_degradation_keeps_colours():
     rgb[..., 0], rgb[..., 2] = 200, 30  # red, a little blue
     out = augment(rgb, {}, sample_rng(0, 0, 0), AugmentConfig(flip_prob=1.0, jpeg_prob=1.0, jpeg_quality_min=40))
     np.testing.assert_allclose(out.reshape(-1, 3).mean(0), [200, 0, 30], atol=4)
+
+
+def test_resumable_sampler_splits_global_batches_and_resumes_mid_epoch():
+    from data.datasets import ResumableSampler
+    whole = ResumableSampler(50, batch_size=4, seed=1)
+    assert whole.steps_per_epoch == 12 and len(whole) == 48
+    order = list(whole)
+    assert sorted(order) == sorted(set(order)) and len(order) == 48
+    np.testing.assert_array_equal(order, whole.permutation(0)[:48])
+    ranks = [ResumableSampler(50, batch_size=2, rank=r, world_size=2, seed=1) for r in range(2)]
+    per_rank = [list(s) for s in ranks]
+    assert ranks[0].steps_per_epoch == 12
+    for step in range(12):  # each global batch of 4 is the single-process batch, split in two
+        assert per_rank[0][2 * step:2 * step + 2] + per_rank[1][2 * step:2 * step + 2] == order[4 * step:4 * step + 4]
+    whole.set_position(0, samples_done=20)
+    assert list(whole) == order[20:] and len(whole) == 28
+    whole.set_position(1)
+    second_epoch = list(whole)
+    assert second_epoch != order and len(set(second_epoch)) == 48
+    with pytest.raises(UserError, match="do not fill one global batch of 64"):
+        ResumableSampler(50, batch_size=32, world_size=2)
