@@ -22,14 +22,15 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
-	$(PY) data/synthetic.py --out $(DEMO_DATA) --classes 200 --per-class 20 --val-pairs 600 --workers 2
+	$(PY) data/synthetic.py --out $(DEMO_DATA) --classes 200 --per-class 15 --val-pairs 300 --workers 2
 	$(PY) data/prepare_data.py --source $(DEMO_DATA) --workers 2
-	@echo "Training and verification arrive with the Learner issue (train.py); the data is ready in $(DEMO_DATA)."
+	$(PY) demo.py --data_path $(DEMO_DATA) --work_path work_space/demo
 
 bench: $(STAMP)
 	$(PY) bench/data_loader.py
 	$(PY) bench/prepare_data.py
 	$(PY) bench/verification.py
+	$(PY) bench/megaface.py
 
 clean-demo:
-	rm -rf $(DEMO_DATA)
+	rm -rf $(DEMO_DATA) work_space/demo

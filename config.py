@@ -62,6 +62,7 @@ class Config:
     head: str = "arcface"
     head_options: dict = field(default_factory=dict)  # the head's keyword arguments (s, m, m1, m2, ...)
     pose_schedule: float = 0.0            # PGAML: epochs over which the pose term m2 ramps in (0 = at once)
+    use_height: bool = True               # PGAML: include the capture height (height.npy) where the data has it
     sample_rate: float = 1.0              # Partial FC: fraction of the class centres used per step
     # optimisation
     batch_size: int = 96                  # per process

@@ -84,6 +84,7 @@ class Learner:
         self.dataset = open_dataset(config.data_path, config.augment, config.seed)
         self.num_classes = self.dataset.num_classes
         self._check_side_information()
+        self._side_names = ("yaw", "height") if config.use_height else ("yaw",)
         self.backbone, self.conventions = self._build_backbone()
         self.head = PartialFC(config.embedding_size, self.num_classes, self._build_margin(), config.sample_rate)
         self.head.to(self.device)
@@ -98,6 +99,8 @@ class Learner:
                                    sampler=self.sampler, pin_memory=self.device.type == "cuda")
         self.val_sets = self._resolve_val_sets()
         self.progress = Progress()
+        self.evaluated_at = -1
+        self.last_results = []   # evaluation.SetResult of each val set at the last evaluation
         self._stop_reason: str | None = None
         resume_step = self._resume() if config.resume else None
         self.run_log = RunLog(self.work_path / "log", enabled=self.dist.is_main, resume_step=resume_step)
@@ -258,7 +261,7 @@ class Learner:
         labels = labels.to(self.device, non_blocking=True)
         with self._autocast():
             embeddings, norms = self.model(x)
-        extra = {name: side[name].to(self.device) for name in ("yaw", "height") if name in side}
+        extra = {name: side[name].to(self.device) for name in self._side_names if name in side}
         if _uses_norms(self.head.margin):
             extra["norms"] = norms.float()
         loss = self.head(embeddings.float(), labels, **extra)
@@ -314,6 +317,8 @@ class Learner:
 
     def _finish(self) -> None:
         p = self.progress
+        if not self._stop_reason and self.evaluated_at != p.step:
+            self.evaluate_all()  # the final model is always evaluated
         if p.step % _Intervals(self.config, self.steps_per_epoch).save or self._stop_reason:
             self.save_state()
         if self.dist.is_main:
@@ -333,10 +338,13 @@ class Learner:
     def evaluate_all(self) -> dict[str, float]:
         """Evaluate every val set (main process), log it, keep the best model; returns the scalars."""
         values: dict[str, float] = {}
+        self.evaluated_at = self.progress.step
         if self.dist.is_main and self.val_sets:
             step = self.progress.step
+            self.last_results = []
             for name in self.val_sets:
                 outcome = self.evaluate(name)
+                self.last_results.append(outcome)
                 scalars = outcome.scalars()
                 values.update({f"{name}/{k}": v for k, v in scalars.items()})
                 self.run_log.scalars(scalars, step, prefix=f"val/{name}/")

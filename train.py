@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--head_option", action="append", metavar="KEY=VALUE",
                         help="any other keyword argument of the head, e.g. t_alpha=0.01 (repeatable)")
     flag("--pose_schedule", type=float, help="pgaml: epochs over which the pose term m2 ramps in from 0")
+    group.add_argument("--no_height", dest="use_height", action="store_false",
+                       help="pgaml: margin from yaw alone, even where the data has height.npy")
     flag("--sample_rate", type=float, help="Partial FC: fraction of class centres used per step")
 
     group = parser.add_argument_group("optimisation")

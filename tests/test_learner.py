@@ -207,3 +207,32 @@ def test_two_processes_stay_equal_and_resume_at_other_world_sizes(train_data, tm
     assert again[0]["step"] == 5
     for key, value in again[0]["model"].items():
         torch.testing.assert_close(value, again[1]["model"][key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_and_channels_last_steps(train_data, tmp_path, amp):
+    learner = Learner(small_config(train_data, tmp_path / "run", amp=amp, channels_last=True, max_steps=2,
+                                   batch_size=4, deterministic=False))
+    learner.train()
+    assert learner.progress.step == 2 and learner.progress.nonfinite_total == 0
+    assert learner.scaler.is_enabled() == (amp == "fp16")
+    assert all(torch.isfinite(p).all() for p in learner.backbone.parameters())
+
+
+def test_a_checkpoint_killed_mid_write_leaves_the_previous_one(train_data, tmp_path, monkeypatch):
+    learner = Learner(small_config(train_data, tmp_path / "run", max_steps=2))
+    learner.train()
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run" / "save").iterdir()}
+
+    def dies_halfway(obj, f, *args, **kwargs):
+        with open(f, "wb") as out:
+            out.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt  # the process dies while writing
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    learner.progress.step = 3
+    with pytest.raises(KeyboardInterrupt):
+        learner.save_state()
+    after = {p.name: p.read_bytes() for p in (tmp_path / "run" / "save").iterdir()}
+    assert after == before  # no new file, no temporary left, the old ones untouched
+    assert latest_checkpoint(tmp_path / "run" / "save")[1]["step"] == 2

@@ -94,13 +94,14 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses(train_data, tmp_path
     np.testing.assert_array_equal([got[s] for s in range(1, 7)], [expected[s] for s in range(1, 7)])
 
 
-def test_sigterm_saves_and_exits_cleanly(train_data, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_and_exits_cleanly(train_data, tmp_path, sig):
     work = tmp_path / "run"
     process = start(*SMALL, "--data_path", train_data, "--work_path", work, "--save_every", 100)
     wait_for_step(work, 2, process)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(sig)
     assert process.wait(timeout=120) == 0, process.stderr.read()
-    assert "stopped by SIGTERM" in process.stderr.read()
+    assert f"stopped by {sig.name}" in process.stderr.read()
     saved = load_checkpoint(list_checkpoints(work / "save")[0])
     assert saved["step"] >= 2 and saved["step"] == max(losses(work))
 

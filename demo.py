@@ -1,0 +1,78 @@
+"""The offline demo (`make demo`): MobileFaceNet trained with ArcFace and with PGAML on the synthetic
+emore-format data, both evaluated on its verification sets, compared overall and on profile pairs.
+
+Both runs share the seed, so they start from the same weights and see the same batches in the same
+order: the head is the only difference. Everything a run writes (checkpoints, TensorBoard logs) goes to
+`<work_path>/<head>/`; the comparison goes to `<work_path>/results.md`.
+"""
+from __future__ import annotations
+
+import logging
+
+from config import Config
+from utils import CliParser, UserError, atomic_write_text, run_cli, setup_logging
+
+# Settings that learn on the synthetic faces from scratch in a few CPU minutes (see NOTES-synthetic.md:
+# s=64, m=0.5 stalls from scratch at this scale); PGAML's margin grows from ArcFace's m to m + m2.
+HEADS = {
+    "arcface": {"s": 16.0, "m": 0.3},
+    "pgaml": {"s": 16.0, "m1": 0.3, "m2": 0.2},
+}
+
+
+def parse_args(argv=None):
+    parser = CliParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data_path", default="data/synthetic", help="prepared synthetic data (default: %(default)s)")
+    parser.add_argument("--work_path", default="work_space/demo", help="outputs (default: %(default)s)")
+    parser.add_argument("-e", "--epochs", type=int, default=2, help="epochs per head (default: %(default)s)")
+    parser.add_argument("-b", "--batch_size", type=int, default=32, help="batch size (default: %(default)s)")
+    parser.add_argument("-lr", "--lr", type=float, default=0.1, help="peak learning rate (default: %(default)s)")
+    parser.add_argument("-w", "--num_workers", type=int, default=1, help="data loading processes (default: %(default)s)")
+    parser.add_argument("--max_steps", type=int, default=None, help="stop each run early (smoke tests)")
+    parser.add_argument("--seed", type=int, default=0, help="shared seed of both runs (default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+def run_config(args, head: str) -> Config:
+    return Config(data_path=args.data_path, work_path=f"{args.work_path}/{head}", net_mode="mobilefacenet",
+                  head=head, head_options=HEADS[head], batch_size=args.batch_size, epochs=args.epochs, lr=args.lr,
+                  schedule="cosine", warmup_epochs=0.3, num_workers=args.num_workers, max_steps=args.max_steps,
+                  channels_last=True,
+                  eval_every=10**9, save_every=10**9, log_every=10, val_sets="all", val_flip=False, seed=args.seed)
+
+
+def comparison_table(results: dict[str, list]) -> str:
+    lines = ["| head | set | pairs | accuracy | frontal pairs | profile pairs |", "|---|---|---|---|---|---|"]
+    for head, set_results in results.items():
+        for entry in set_results:
+            r = entry.result
+            lines.append(f"| {head} | {entry.name} | {r.num_positive + r.num_negative} | "
+                         f"{r.accuracy:.4f} ± {r.accuracy_std:.4f} | {_stratum(entry.frontal_accuracy, entry.num_frontal)} | "
+                         f"{_stratum(entry.profile_accuracy, entry.num_profile)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _stratum(value: float, count: int) -> str:
+    return f"{value:.4f} ({count})" if count else "-"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    setup_logging(logging.INFO)
+    from learner import Learner  # torch loads after the flags are checked
+    results = {}
+    for head in HEADS:
+        learner = Learner(run_config(args, head))
+        learner.train()
+        if not learner.last_results:
+            raise UserError(f"{args.data_path}: no prepared val sets to compare on (run data/prepare_data.py)")
+        results[head] = learner.last_results
+    table = comparison_table(results)
+    atomic_write_text(f"{args.work_path}/results.md", table)
+    print("\n" + table)
+    print(f"Written to {args.work_path}/results.md. TensorBoard: tensorboard --logdir {args.work_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
