@@ -45,16 +45,8 @@ def init_from_env(device_type: str) -> DistInfo:
     return current()
 
 
-def all_true(flag: bool, device) -> bool:
-    """True when `flag` is true on every rank (a no-op with one process)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    value = torch.tensor([1 if flag else 0], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return bool(value.item())
-
-
 def any_true(flag: bool, device) -> bool:
+    """True when `flag` is true on any rank (a no-op with one process)."""
     if not (dist.is_available() and dist.is_initialized()):
         return flag
     value = torch.tensor([1 if flag else 0], device=device)

@@ -38,7 +38,7 @@ from benchmarks.megaface import (
     read_noise_list,
     write_matrix,
 )
-from data.images import ImageDecodeError, decode_rgb, encode_jpeg, encode_png
+from data.images import encode_jpeg, encode_png, read_aligned_face, read_image_file
 from faces.alignment import align_face, crop_box
 from identification import (
     CHUNK_SIZE,
@@ -169,14 +169,7 @@ def crop_one(job: tuple[str, str, bool]) -> str:
     source, target = Path(source), Path(target)
     if target.is_file() and not force:
         return "skipped"
-    try:
-        rgb = decode_rgb(source.read_bytes())
-    except FileNotFoundError:
-        raise UserError(f"{source}: image not found") from None
-    except OSError as err:
-        raise UserError(f"{source}: cannot read: {err.strerror or err}") from None
-    except ImageDecodeError as err:
-        raise UserError(f"{source}: not a valid image: {err}") from None
+    rgb = read_image_file(source)
     meta_path = source.with_name(source.name + ".json")
     meta = read_face_json(meta_path) if meta_path.is_file() else None
     if meta is not None and meta.landmarks is not None:
@@ -216,18 +209,7 @@ def crop_megaface(args) -> None:
 # ----------------------------------------------------------------------------- gen_features
 
 def load_aligned(path: Path) -> np.ndarray:
-    try:
-        rgb = decode_rgb(path.read_bytes())
-    except FileNotFoundError:
-        raise UserError(f"{path}: aligned image not found (run --action crop_megaface first)") from None
-    except OSError as err:
-        raise UserError(f"{path}: cannot read: {err.strerror or err}") from None
-    except ImageDecodeError as err:
-        raise UserError(f"{path}: not a valid image: {err}") from None
-    if rgb.shape[:2] != (ALIGNED_SIZE, ALIGNED_SIZE):
-        raise UserError(f"{path}: expected an aligned {ALIGNED_SIZE}x{ALIGNED_SIZE} face, got "
-                        f"{rgb.shape[1]}x{rgb.shape[0]} (run --action crop_megaface first)")
-    return rgb.transpose(2, 0, 1)
+    return read_aligned_face(path, ALIGNED_SIZE, " (run --action crop_megaface first)")
 
 
 def gen_features(args) -> None:

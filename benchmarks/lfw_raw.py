@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from data.images import ImageDecodeError, decode_rgb
+from data.images import read_aligned_face
 from utils import UserError
 
 ALIGNED_SIZE = 112
@@ -118,16 +118,7 @@ def load_pair_images(pairs: list[Pair], progress=None) -> np.ndarray:
     row_of = {path: row for row, path in enumerate(paths)}
     decoded = np.empty((len(paths), 3, ALIGNED_SIZE, ALIGNED_SIZE), dtype=np.uint8)
     for row, path in enumerate(paths):
-        try:
-            image = decode_rgb(path.read_bytes())
-        except OSError as err:
-            raise UserError(f"{path}: cannot read: {err.strerror or err}") from None
-        except ImageDecodeError as err:
-            raise UserError(f"{path}: not a valid image: {err}") from None
-        if image.shape[:2] != (ALIGNED_SIZE, ALIGNED_SIZE):
-            raise UserError(f"{path}: expected an aligned {ALIGNED_SIZE}x{ALIGNED_SIZE} face, got "
-                            f"{image.shape[1]}x{image.shape[0]} (raw LFW photos need alignment first)")
-        decoded[row] = image.transpose(2, 0, 1)
+        decoded[row] = read_aligned_face(path, ALIGNED_SIZE, " (raw LFW photos need alignment first)")
         if progress is not None:
             progress(1)
     order = np.array([row_of[path] for pair in pairs for path in (pair.path1, pair.path2)], dtype=np.int64)

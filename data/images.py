@@ -4,6 +4,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from utils import UserError
+
 cv2.setNumThreads(1)  # DataLoader workers already give the parallelism; OpenCV's own threads only contend
 
 JPEG_SOI = b"\xff\xd8"
@@ -54,3 +56,25 @@ def encode_png(rgb: np.ndarray) -> bytes:
     if not ok:
         raise ValueError("PNG encoding failed")
     return buf.tobytes()
+
+
+def read_image_file(path, missing_hint: str = "") -> np.ndarray:
+    """The HxWx3 RGB uint8 pixels of an image file; a missing, unreadable or corrupt file is one
+    UserError naming it (`missing_hint` is appended when the file does not exist)."""
+    try:
+        return decode_rgb(path.read_bytes())
+    except FileNotFoundError:
+        raise UserError(f"{path}: image not found{missing_hint}") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read: {err.strerror or err}") from None
+    except ImageDecodeError as err:
+        raise UserError(f"{path}: not a valid image: {err}") from None
+
+
+def read_aligned_face(path, size: int = 112, hint: str = "") -> np.ndarray:
+    """An aligned `size` x `size` face file as uint8 CHW RGB; any other size is a UserError (`hint` says
+    how to align)."""
+    rgb = read_image_file(path, hint)
+    if rgb.shape[:2] != (size, size):
+        raise UserError(f"{path}: expected an aligned {size}x{size} face, got {rgb.shape[1]}x{rgb.shape[0]}{hint}")
+    return rgb.transpose(2, 0, 1)
