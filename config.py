@@ -187,6 +187,13 @@ def read_settings(path: str | os.PathLike) -> dict:
     return values
 
 
+def data_path_for(data_mode: str) -> str:
+    """TreB1eN's -d/--data_mode as a folder."""
+    if data_mode not in DATA_MODES:
+        raise UserError(f"--data_mode {data_mode}: choose one of {', '.join(DATA_MODES)} (or give --data_path)")
+    return DATA_MODES[data_mode]
+
+
 def _choice(name: str, value, choices) -> None:
     if value not in choices:
         raise UserError(f"--{name} {value!r}: choose one of {', '.join(choices)}")

@@ -28,7 +28,7 @@ from tqdm import tqdm
 import distributed
 from checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, rng_state,
                         save_checkpoint, set_rng_state)
-from config import DATA_MODES, Config
+from config import Config
 from data.datasets import ResumableSampler, build_loader, open_dataset, to_model_input
 from evaluation import evaluate_valset, resolve_valsets
 from heads import Margin, build_margin
@@ -98,6 +98,7 @@ class Learner:
         self.loader = build_loader(self.dataset, config.batch_size, config.num_workers, seed=config.seed,
                                    sampler=self.sampler, pin_memory=self.device.type == "cuda")
         self.val_sets = self._resolve_val_sets()
+        self.intervals = _Intervals(config, self.steps_per_epoch)
         self.progress = Progress()
         self.evaluated_at = -1
         self.last_results = []   # evaluation.SetResult of each val set at the last evaluation
@@ -195,7 +196,6 @@ class Learner:
         c = self.config
         total = self.steps_per_epoch * c.epochs
         last = min(total, c.max_steps) if c.max_steps else total
-        every = _Intervals(c, self.steps_per_epoch)
         self._log_start(total)
         bar = tqdm(total=last, initial=min(self.progress.step, last), disable=not self.dist.is_main,
                    desc="train", dynamic_ncols=True)
@@ -203,15 +203,14 @@ class Learner:
         try:
             with _StopOnSignals(self):
                 while self.progress.epoch < c.epochs and self.progress.step < last and not self._stop_reason:
-                    self._train_epoch(last, every, meter, bar)
-            bar.close()
+                    self._train_epoch(last, meter, bar)
             self._finish()
         finally:
             bar.close()
             self.run_log.close()
         return self.progress
 
-    def _train_epoch(self, last: int, every: "_Intervals", meter: "_Meter", bar) -> None:
+    def _train_epoch(self, last: int, meter: "_Meter", bar) -> None:
         p = self.progress
         self.sampler.set_position(p.epoch, p.samples_in_epoch)
         self.dataset.set_epoch(p.epoch)
@@ -223,7 +222,7 @@ class Learner:
             p.step += 1
             p.samples_in_epoch += self.global_batch
             bar.update(1)
-            self._after_step(every, meter, bar)
+            self._after_step(meter, bar)
             if p.step >= last or self._stop_reason:
                 return
             waited_from = time.perf_counter()
@@ -282,8 +281,8 @@ class Learner:
             raise UserError(f"the loss was not finite in {p.nonfinite_streak} consecutive steps (at step {p.step}); "
                             f"stopped. The last good state is saved in {path}; lower --lr or use --amp bf16/off")
 
-    def _after_step(self, every: "_Intervals", meter: "_Meter", bar) -> None:
-        step = self.progress.step
+    def _after_step(self, meter: "_Meter", bar) -> None:
+        step, every = self.progress.step, self.intervals
         self.run_log.scalar("train/loss", meter.last_loss, step)
         if step % every.log == 0:
             self._log_train(meter, bar)
@@ -319,7 +318,7 @@ class Learner:
         p = self.progress
         if not self._stop_reason and self.evaluated_at != p.step:
             self.evaluate_all()  # the final model is always evaluated
-        if p.step % _Intervals(self.config, self.steps_per_epoch).save or self._stop_reason:
+        if p.step % self.intervals.save or self._stop_reason:
             self.save_state()
         if self.dist.is_main:
             if self._stop_reason:
@@ -385,7 +384,7 @@ class Learner:
                 "model": self.backbone.state_dict(), "input": self.conventions, "head": head,
                 "margin": self.head.margin.state_dict(), "optimizer": self._backbone_optimizer_state(),
                 "head_optimizer": head_optimizer, "scaler": self.scaler.state_dict(),
-                **{k: v for k, v in vars(self.progress).items()},
+                **vars(self.progress),
                 "rng": rngs, "config": self.config.to_dict(), "world_size": self.dist.world_size,
             }, path)
             save_backbone_weights(self.backbone, self.save_dir / "model_latest.pth", self.conventions)
@@ -591,10 +590,3 @@ def _plot_lr_finder(log_lrs: list[float], losses: list[float], path: Path) -> No
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=100)
     plt.close(figure)
-
-
-def data_path_for(data_mode: str) -> str:
-    """TreB1eN's -d/--data_mode as a folder."""
-    if data_mode not in DATA_MODES:
-        raise UserError(f"--data_mode {data_mode}: choose one of {', '.join(DATA_MODES)} (or give --data_path)")
-    return DATA_MODES[data_mode]

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 
-from config import AMP_MODES, NET_MODES, SCHEDULES, AugmentConfig, Config, read_settings
+from config import AMP_MODES, NET_MODES, SCHEDULES, AugmentConfig, Config, data_path_for, read_settings
 from utils import CliParser, UserError, run_cli, setup_logging
 
 DEFAULTS = Config.__new__(Config)  # field defaults without validation, for the help texts
@@ -109,7 +109,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
         given.pop(name, None)
     values = read_settings(args.config) if getattr(args, "config", None) else {}
     if "data_mode" in given:
-        from learner import data_path_for
         mode_path = data_path_for(given.pop("data_mode"))
         given.setdefault("data_path", mode_path)
     if "net_depth" in given:
