@@ -74,3 +74,9 @@ def broadcast_object(obj, src: int = 0):
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group (torchrun warns when a process exits without doing so)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

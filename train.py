@@ -132,15 +132,19 @@ def main() -> int:
     main_process = os.environ.get("RANK", "0") == "0"
     setup_logging(getattr(logging, args.log_level) if main_process else logging.WARNING)
     config = config_from_args(args)
+    import distributed
     from learner import Learner  # torch and the model zoo load after the flags are checked
-    learner = Learner(config)
-    if getattr(args, "find_lr", None):
-        log_lrs, losses = learner.find_lr(num=args.find_lr)
-        best = log_lrs[min(range(len(losses)), key=losses.__getitem__)] if losses else float("nan")
-        print(f"LR range test: {len(losses)} steps; lowest smoothed loss at lr {10 ** best:.2e}; "
-              f"plot: {learner.history_dir / 'lr_finder.png'}")
-        return 0
-    learner.train()
+    try:
+        learner = Learner(config)
+        if getattr(args, "find_lr", None):
+            log_lrs, losses = learner.find_lr(num=args.find_lr)
+            best = log_lrs[min(range(len(losses)), key=losses.__getitem__)] if losses else float("nan")
+            print(f"LR range test: {len(losses)} steps; lowest smoothed loss at lr {10 ** best:.2e}; "
+                  f"plot: {learner.history_dir / 'lr_finder.png'}")
+        else:
+            learner.train()
+    finally:
+        distributed.shutdown()
     return 0
 
 
