@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,8 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
+    if not zipfile.is_zipfile(path):  # torch.save's format; anything else (or a truncated file) is not ours
+        raise UserError(f"{path}: not a readable checkpoint (not a complete PyTorch zip file)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged file

@@ -98,6 +98,7 @@ class Learner:
         self.loader = build_loader(self.dataset, config.batch_size, config.num_workers, seed=config.seed,
                                    sampler=self.sampler, pin_memory=self.device.type == "cuda")
         self.val_sets = self._resolve_val_sets()
+        self._check_best_metric()
         self.intervals = _Intervals(config, self.steps_per_epoch)
         self.progress = Progress()
         self.evaluated_at = -1
@@ -354,6 +355,17 @@ class Learner:
             self.run_log.flush()
         distributed.barrier()
         return values
+
+    def _check_best_metric(self) -> None:
+        """Fail before training, not at the first evaluation, when --best_metric cannot be computed."""
+        metric = self.config.best_metric
+        if metric == "accuracy" or not self.val_sets:
+            return
+        name, _, scalar = metric.partition("/")
+        known = ("accuracy", "accuracy_std", "best_threshold", "auc", "eer", "accuracy_frontal", "accuracy_profile")
+        if name not in self.val_sets or not (scalar in known or scalar.startswith("tar@far=")):
+            raise UserError(f"--best_metric {metric}: expected 'accuracy' or <set>/<scalar> with <set> one of "
+                            f"{', '.join(self.val_sets)} and <scalar> one of {', '.join(known)}, tar@far=<far>")
 
     def _keep_best(self, values: dict[str, float]) -> None:
         metric = self.config.best_metric

@@ -58,6 +58,12 @@ def test_train_writes_checkpoints_models_and_logs(train_data, tmp_path):
     events = EventAccumulator(str(work / "log")).Reload()
     assert "val/lfw/roc" in events.Tags()["images"]
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+    # a damaged newest checkpoint (say, a copy cut short) is skipped by --resume auto
+    newest = work / "save" / "checkpoint_step00000004.pt"
+    newest.write_bytes(newest.read_bytes()[:5000])
+    assert latest_checkpoint(work / "save")[1]["step"] == 2
+    with pytest.raises(UserError, match="not a complete PyTorch zip file"):
+        load_checkpoint(newest)
 
 
 def test_resume_repeats_the_uninterrupted_losses(train_data, tmp_path):
