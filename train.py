@@ -7,7 +7,6 @@ Distributed: `torchrun --nproc_per_node=N train.py ...` (NCCL on GPUs, gloo on C
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -15,10 +14,7 @@ import os
 from config import AMP_MODES, NET_MODES, SCHEDULES, AugmentConfig, Config, data_path_for, read_settings
 from utils import CliParser, UserError, run_cli, setup_logging
 
-DEFAULTS = Config.__new__(Config)  # field defaults without validation, for the help texts
-for _field in dataclasses.fields(Config):
-    setattr(DEFAULTS, _field.name, _field.default if _field.default is not dataclasses.MISSING
-            else _field.default_factory())
+DEFAULTS = Config()  # the defaults shown in the help texts
 HEAD_FLAGS = ("s", "m", "m1", "m2", "m3")
 AUGMENT_FLAGS = ("flip_prob", "downscale_prob", "blur_prob", "jpeg_prob")
 
