@@ -1,13 +1,16 @@
-"""Evaluate a backbone on LFW from the official pairs.txt and an aligned image folder.
+"""Evaluate a backbone on LFW from the official pairs.txt and the image folder (raw photos or aligned faces).
 
-    python lfw_eval.py --model work_space/save/model_ir_se50.pth --lfw_dir lfw_aligned \
-                       --pairs pairs.txt --aligned [--batch_size 64] [--no_flip] [--net NAME] \
-                       [--device cpu] [--out DIR] [--worst 8]
+    python lfw_eval.py --model work_space/save/model_ir_se50.pth --lfw_dir lfw-funneled --pairs pairs.txt \
+                       [--aligned] [--save_aligned DIR] [--mtcnn_weights DIR] [--min_face_size 20] \
+                       [--batch_size 64] [--no_flip] [--net NAME] [--device cpu] [--out DIR] [--worst 8]
 
-`--lfw_dir` holds `<name>/<name>_<n:04d>.jpg` (the lfw / lfw-funneled layout) as aligned 112x112
-faces. The folds are the ones pairs.txt declares (10 x 600 for the official file). Prints the
-accuracy +- std and each fold's accuracy, and writes to `--out` the misclassified pairs
-(misclassified.txt), a grid of the worst of them (worst_pairs.png) and the ROC (roc_lfw.png).
+`--lfw_dir` holds `<name>/<name>_<n:04d>.jpg` (the lfw / lfw-funneled layout). Raw photos are
+detected with MTCNN and aligned on its five landmarks to the ArcFace 112x112 template (the face
+nearest the photo's centre; where none is found, a centred crop, listed in no_face.txt); with
+`--aligned` the files already are aligned 112x112 faces. The folds are the ones pairs.txt declares
+(10 x 600 for the official file). Prints the accuracy +- std and each fold's accuracy, and writes to
+`--out` the misclassified pairs (misclassified.txt), a grid of the worst of them (worst_pairs.png)
+and the ROC (roc_lfw.png).
 """
 from __future__ import annotations
 
@@ -17,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.lfw_raw import load_pair_images, read_pairs
+from tqdm import tqdm
+
+from benchmarks.lfw_raw import PhotoAligner, distinct_paths, load_pair_images, read_aligned_file, read_pairs
 from embedding import embed_images
 from evaluation import load_model
 from model import list_backbones
@@ -31,7 +36,13 @@ def parse_args(argv=None):
     parser.add_argument("--lfw_dir", type=Path, required=True, help="LFW image folder (<name>/<name>_0001.jpg)")
     parser.add_argument("--pairs", type=Path, required=True, help="the official pairs.txt")
     parser.add_argument("--aligned", action="store_true",
-                        help="the images are already aligned 112x112 faces (required for now)")
+                        help="the images are already aligned 112x112 faces (default: raw photos, detected and aligned)")
+    parser.add_argument("--save_aligned", type=Path, default=None,
+                        help="also write the aligned faces here in the same layout (re-evaluate with --aligned)")
+    parser.add_argument("--mtcnn_weights", type=Path, default=None,
+                        help="folder with MTCNN's pnet.pt, rnet.pt, onet.pt (default: the facenet-pytorch wheel's)")
+    parser.add_argument("--min_face_size", type=float, default=20.0,
+                        help="smallest face MTCNN searches for, in pixels")
     parser.add_argument("--batch_size", type=int, default=64, help="images per forward pass")
     parser.add_argument("--no_flip", action="store_true", help="no flip test-time augmentation")
     parser.add_argument("--net", default=None, choices=list_backbones(),
@@ -45,10 +56,23 @@ def parse_args(argv=None):
         parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
     if args.worst < 0:
         parser.error(f"--worst must be >= 0, got {args.worst}")
-    if not args.aligned:
-        parser.error("detecting and aligning raw LFW photos arrives with the faces module (faces issue); "
-                     "for now pass a folder of already aligned 112x112 faces with --aligned")
+    if args.min_face_size < 12:
+        parser.error(f"--min_face_size must be >= 12 pixels (MTCNN's window), got {args.min_face_size}")
+    if args.aligned and (args.save_aligned or args.mtcnn_weights):
+        parser.error("--save_aligned and --mtcnn_weights are for raw photos: leave out --aligned")
+    if args.save_aligned is not None and args.save_aligned.resolve() == args.lfw_dir.resolve():
+        parser.error(f"--save_aligned {args.save_aligned} would overwrite the photos in --lfw_dir")
     return args
+
+
+def photo_aligner(args) -> PhotoAligner:
+    from faces.mtcnn import MTCNN
+
+    try:
+        detector = MTCNN(weights_dir=args.mtcnn_weights, min_face_size=args.min_face_size, device=args.device)
+    except (FileNotFoundError, ValueError) as err:
+        raise UserError(str(err)) from None
+    return PhotoAligner(detector, root=args.lfw_dir, save_to=args.save_aligned)
 
 
 def misclassified(result) -> list[tuple[int, float, float]]:
@@ -109,7 +133,10 @@ def main(argv=None) -> int:
     if num_folds < 2:
         raise UserError(f"{args.pairs}: the header declares {num_folds} fold; k-fold verification needs >= 2")
     model, meta, device = load_model(args.model, args.net, args.device)
-    images = load_pair_images(pairs)
+    read_face = read_aligned_file if args.aligned else photo_aligner(args)
+    with tqdm(total=len(distinct_paths(pairs)), desc="aligned faces" if args.aligned else "detect + align",
+              unit="img", leave=False) as bar:
+        images = load_pair_images(pairs, progress=bar.update, read_face=read_face)
     print(f"{len(pairs)} pairs, {num_folds} folds, {images.shape[0]} images")
     embeddings = embed_images(model, images, args.batch_size, device, flip=not args.no_flip,
                               channel_order=meta["channel_order"])
@@ -123,6 +150,11 @@ def main(argv=None) -> int:
     errors = misclassified(result)
     atomic_write_text(out / "misclassified.txt", misclassified_text(errors, pairs, result, args.lfw_dir))
     written = ["misclassified.txt"]
+    if not args.aligned:
+        no_face = read_face.no_face
+        print(f"no face found in {len(no_face)} of {len(distinct_paths(pairs))} photos (centred crop used)")
+        atomic_write_text(out / "no_face.txt", "".join(f"{_relative(path, args.lfw_dir)}\n" for path in no_face))
+        written.append("no_face.txt")
     if args.worst:
         save_worst_pairs_png(errors[:args.worst], pairs, images, out / "worst_pairs.png")
         written.append("worst_pairs.png")
