@@ -1,7 +1,8 @@
 """MegaFace challenge 1 end to end: align, embed, clean, evaluate (no Matlab, no devkit binaries).
 
     python megaface.py --action crop_megaface --facescrub_dir FACESCRUB --megaface_dir FlickrFinal2 \
-                       --aligned_dir ALIGNED [--facescrub_list JSON] [--megaface_lists DIR] [--workers N]
+                       --aligned_dir ALIGNED [--facescrub_list JSON] [--megaface_lists DIR] [--workers N] \
+                       [--detect [--mtcnn_weights DIR]]
     python megaface.py --action gen_features --model WEIGHTS --aligned_dir ALIGNED --features_dir FEATURES \
                        [--algo pgaml] [--batch_size 256] [--no_flip] [--net NAME] [--device cpu]
     python megaface.py --action remove_noise --features_dir FEATURES --clean_dir CLEAN \
@@ -94,6 +95,12 @@ def parse_args(argv=None):
     parser.add_argument("--out", type=Path, default=None, help="evaluate: report folder "
                         "(default: work_space/megaface/<algo>)")
     parser.add_argument("--workers", type=int, default=1, help="crop_megaface: parallel processes")
+    parser.add_argument("--detect", action="store_true",
+                        help="crop_megaface: align on MTCNN's five landmarks of the face matching the JSON box "
+                             "(the JSON's three points or box where no detection matches)")
+    parser.add_argument("--mtcnn_weights", type=Path, default=None,
+                        help="crop_megaface --detect: folder with pnet.pt, rnet.pt, onet.pt "
+                             "(default: the facenet-pytorch wheel's)")
     parser.add_argument("--force", action="store_true", help="crop/gen_features: redo outputs that exist")
     args = parser.parse_args(argv)
     _check_args(parser, args)
@@ -114,6 +121,10 @@ def _check_args(parser, args) -> None:
             parser.error(f"--action {args.action} needs --{name}")
     if args.action == "crop_megaface" and args.facescrub_dir is None and args.megaface_dir is None:
         parser.error("--action crop_megaface needs --facescrub_dir and/or --megaface_dir")
+    if (args.detect or args.mtcnn_weights) and args.action != "crop_megaface":
+        parser.error("--detect and --mtcnn_weights belong to --action crop_megaface")
+    if args.mtcnn_weights is not None and not args.detect:
+        parser.error("--mtcnn_weights is for --detect")
     if args.action == "remove_noise" and args.facescrub_noises is None and args.megaface_noises is None:
         parser.error("--action remove_noise needs --facescrub_noises and/or --megaface_noises")
     for flag in ("batch_size", "chunk_size", "workers"):
@@ -163,16 +174,38 @@ def _sets(args, root: Path, algo: str | None = None) -> tuple[ProbeSet, Distract
 # ----------------------------------------------------------------------------- crop_megaface
 # Progress bars are transient (leave=False): a run that stops on bad input shows just its error line.
 
-def crop_one(job: tuple[str, str, bool]) -> str:
-    """Align one photo into the output; returns how: 'landmarks', 'box', 'whole', or 'skipped'."""
-    source, target, force = job
+# With --detect: the MTCNN, loaded once before the workers fork (they inherit it; the parent runs no
+# inference, so no thread pool is copied mid-use).
+_DETECTOR = None
+
+
+def detected_landmarks(rgb: np.ndarray, meta) -> np.ndarray | None:
+    """MTCNN's five landmarks of the face the JSON box marks (IoU >= 0.3), or of the photo's most
+    central face when there is no box; None when no detection qualifies."""
+    from faces.mtcnn import central_face, face_in_box
+
+    faces = _DETECTOR.detect(rgb)
+    if meta is not None and meta.box is not None:
+        x, y, width, height = meta.box
+        face = face_in_box(faces, (x, y, x + width, y + height))
+    else:
+        face = central_face(faces, *rgb.shape[:2])
+    return None if face is None else face.landmarks
+
+
+def crop_one(job: tuple[str, str, bool, bool]) -> str:
+    """Align one photo into the output; returns how: 'detected', 'landmarks', 'box', 'whole', or 'skipped'."""
+    source, target, force, detect = job
     source, target = Path(source), Path(target)
     if target.is_file() and not force:
         return "skipped"
     rgb = read_image_file(source)
     meta_path = source.with_name(source.name + ".json")
     meta = read_face_json(meta_path) if meta_path.is_file() else None
-    if meta is not None and meta.landmarks is not None:
+    landmarks = detected_landmarks(rgb, meta) if detect else None
+    if landmarks is not None:
+        aligned, how = align_face(rgb, landmarks, ALIGNED_SIZE), "detected"
+    elif meta is not None and meta.landmarks is not None:
         try:
             aligned, how = align_face(rgb, meta.landmarks, ALIGNED_SIZE, meta.template_indices), "landmarks"
         except ValueError as err:
@@ -188,6 +221,15 @@ def crop_one(job: tuple[str, str, bool]) -> str:
 
 
 def crop_megaface(args) -> None:
+    global _DETECTOR
+    if args.detect:
+        from faces.mtcnn import MTCNN
+        try:
+            _DETECTOR = MTCNN(weights_dir=args.mtcnn_weights)
+        except (FileNotFoundError, ValueError) as err:
+            raise UserError(str(err)) from None
+        if args.workers > 1:
+            torch.set_num_threads(1)  # each forked worker runs the detector on one core
     parts = []
     if args.facescrub_dir is not None:
         parts.append(("facescrub", args.facescrub_dir, probe_set(args.facescrub_dir, args.facescrub_list).paths))
@@ -195,13 +237,14 @@ def crop_megaface(args) -> None:
         sets = distractor_sets(args.megaface_dir, args.megaface_lists, args.sizes)
         parts.append(("megaface", args.megaface_dir, sets.paths))
     for name, source_root, paths in parts:
-        jobs = [(str(source_root / p), str(args.aligned_dir / name / p), args.force) for p in paths]
+        jobs = [(str(source_root / p), str(args.aligned_dir / name / p), args.force, args.detect) for p in paths]
         counts: dict[str, int] = {}
         for how in tqdm(parallel_map(crop_one, jobs, args.workers), total=len(jobs), desc=f"crop {name}", unit="img",
                         leave=False):
             counts[how] = counts.get(how, 0) + 1
         summary = ", ".join(f"{counts.get(k, 0)} {label}" for k, label in
-                            (("landmarks", "by JSON landmarks"), ("box", "by JSON face box"),
+                            (("detected", "by MTCNN landmarks"), ("landmarks", "by JSON landmarks"),
+                             ("box", "by JSON face box"),
                              ("whole", "without face JSON (central crop)"), ("skipped", "already there")))
         print(f"{name}: {len(jobs)} images -> {args.aligned_dir / name}: {summary}")
 

@@ -136,32 +136,37 @@ class Face:
         return float(math.sqrt(max(0.0, (self.box[2] - self.box[0]) * (self.box[3] - self.box[1]))))
 
 
+def overlaps(box: np.ndarray, boxes: np.ndarray, mode: str = "union") -> np.ndarray:
+    """Overlap of one (x1, y1, x2, y2) box with each of `boxes` (N, 4): intersection over union
+    (`mode="union"`) or over the smaller of the two (`"min"`); 0 where the denominator is 0."""
+    if mode not in ("union", "min"):
+        raise ValueError(f"mode must be 'union' or 'min', got {mode!r}")
+    box, boxes = np.asarray(box, dtype=np.float64), np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    width = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
+    height = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+    intersection = width * height
+    area = max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+    areas = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    denominator = area + areas - intersection if mode == "union" else np.minimum(area, areas)
+    return np.divide(intersection, denominator, out=np.zeros_like(intersection), where=denominator > 0)
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "union") -> np.ndarray:
     """Greedy non-maximum suppression: indices of the kept boxes, highest score first.
 
-    A box is dropped when its overlap with an already kept one exceeds `threshold`; overlap is
-    intersection over union (`mode="union"`) or over the smaller box (`"min"`, O-Net's last pass,
-    which also removes a small box inside a large one). Ties in score keep the earlier box.
+    A box is dropped when its `overlaps` with an already kept one exceeds `threshold` ("union" = IoU;
+    "min", O-Net's last pass, also removes a small box inside a large one). Ties in score keep the
+    earlier box.
     """
-    if mode not in ("union", "min"):
-        raise ValueError(f"mode must be 'union' or 'min', got {mode!r}")
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    x1, y1, x2, y2 = boxes.T
-    areas = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
     keep = []
+    if mode not in ("union", "min"):
+        raise ValueError(f"mode must be 'union' or 'min', got {mode!r}")
     while order.size:
         best, rest = order[0], order[1:]
         keep.append(best)
-        width = np.clip(np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]), 0, None)
-        height = np.clip(np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]), 0, None)
-        intersection = width * height
-        if mode == "union":
-            denominator = areas[best] + areas[rest] - intersection
-        else:
-            denominator = np.minimum(areas[best], areas[rest])
-        overlap = np.divide(intersection, denominator, out=np.zeros_like(intersection), where=denominator > 0)
-        order = rest[overlap <= threshold]
+        order = rest[overlaps(boxes[best], boxes[rest], mode) <= threshold]
     return np.array(keep, dtype=np.int64)
 
 
@@ -338,3 +343,13 @@ def central_face(faces: list[Face], height: int, width: int, centre_weight: floa
         return (x2 - x1) * (y2 - y1) - centre_weight * offset
 
     return max(faces, key=merit)
+
+
+def face_in_box(faces: list[Face], box_xyxy, min_iou: float = 0.3) -> Face | None:
+    """The detection that best overlaps a known face box (a dataset's annotation), if its IoU is at
+    least `min_iou`; None otherwise."""
+    if not faces:
+        return None
+    iou = overlaps(box_xyxy, np.stack([face.box for face in faces]))
+    best = int(np.argmax(iou))
+    return faces[best] if iou[best] >= min_iou else None

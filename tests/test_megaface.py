@@ -332,3 +332,46 @@ def test_crop_features_noise_evaluate(layout, tmp_path, capsys):
     assert "| distractors | rank-1 | rank-2 | rank-5 | rank-10 |" in stdout and "| 12 |" in stdout
     for name in ("cmc.png", "roc.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_crop_with_detection(tmp_path, capsys):
+    """--detect: MTCNN's five points for the face the JSON box marks, the JSON's three where no
+    detection overlaps the box, the most central face where there is no JSON."""
+    from faces.alignment import align_face
+    from faces.mtcnn import MTCNN
+    from tests.helpers import skimage_photo
+
+    astronaut = skimage_photo("astronaut")
+    (face,) = MTCNN().detect(astronaut)
+    folder = tmp_path / "facescrub" / "Eileen_Collins"
+    folder.mkdir(parents=True)
+    x1, y1, x2, y2 = face.box
+    marked = {"bounding_box": {"x": x1 - 5, "y": y1 + 4, "width": x2 - x1 + 8, "height": y2 - y1 - 6}}
+    elsewhere = json.loads(face_json(face.landmarks))
+    elsewhere["bounding_box"] = {"x": 350.0, "y": 350.0, "width": 100.0, "height": 100.0}
+    for n, meta in enumerate([marked, elsewhere, None], start=1):
+        path = folder / f"Eileen_Collins_{n}.png"
+        path.write_bytes(encode_png(astronaut))
+        if meta is not None:
+            path.with_name(path.name + ".json").write_text(json.dumps(meta))
+    aligned = tmp_path / "aligned"
+    assert run("--action", "crop_megaface", "--facescrub_dir", tmp_path / "facescrub", "--aligned_dir", aligned,
+               "--detect", "--workers", "2") == 0
+    assert "3 images" in capsys.readouterr().out.split("facescrub: ")[1]
+    by_mtcnn = align_face(astronaut, face.landmarks)
+    for n, expected in ((1, by_mtcnn), (3, by_mtcnn),
+                        (2, align_face(astronaut, face.landmarks[[1, 0, 2]], template_indices=[1, 0, 2]))):
+        got = decode_rgb((aligned / "facescrub" / "Eileen_Collins" / f"Eileen_Collins_{n}.png").read_bytes())
+        assert np.abs(got.astype(int) - expected).max() <= 1, n
+    assert run("--action", "crop_megaface", "--facescrub_dir", tmp_path / "facescrub", "--aligned_dir", aligned,
+               "--detect", "--force") == 0
+    assert "2 by MTCNN landmarks, 1 by JSON landmarks, 0 by JSON face box" in capsys.readouterr().out
+
+
+def test_detect_flags_are_checked(tmp_path, capsysbinary):
+    assert_one_error_line(run("--action", "crop_megaface", "--facescrub_dir", tmp_path, "--aligned_dir", tmp_path,
+                              "--mtcnn_weights", tmp_path), capsysbinary, "--mtcnn_weights is for --detect")
+    assert_one_error_line(run("--action", "crop_megaface", "--facescrub_dir", tmp_path, "--aligned_dir", tmp_path,
+                              "--detect", "--mtcnn_weights", tmp_path), capsysbinary, "pnet.pt: MTCNN weight file")
+    assert_one_error_line(run("--action", "evaluate", "--features_dir", tmp_path, "--detect"), capsysbinary,
+                          "belong to --action crop_megaface")
