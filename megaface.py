@@ -181,16 +181,24 @@ _DETECTOR = None
 
 def detected_landmarks(rgb: np.ndarray, meta) -> np.ndarray | None:
     """MTCNN's five landmarks of the face the JSON box marks (IoU >= 0.3), or of the photo's most
-    central face when there is no box; None when no detection qualifies."""
+    central face when there is no box; None when no detection qualifies.
+
+    With a box, only the box enlarged by half its size on each side is searched: the same face, and
+    a 10x smaller image than a whole Flickr photo."""
     from faces.mtcnn import central_face, face_in_box
 
-    faces = _DETECTOR.detect(rgb)
-    if meta is not None and meta.box is not None:
-        x, y, width, height = meta.box
-        face = face_in_box(faces, (x, y, x + width, y + height))
-    else:
-        face = central_face(faces, *rgb.shape[:2])
-    return None if face is None else face.landmarks
+    if meta is None or meta.box is None:
+        face = central_face(_DETECTOR.detect(rgb), *rgb.shape[:2])
+        return None if face is None else face.landmarks
+    x, y, width, height = meta.box
+    left, top = max(0, int(x - width / 2)), max(0, int(y - height / 2))
+    right = min(rgb.shape[1], int(np.ceil(x + 1.5 * width)))
+    bottom = min(rgb.shape[0], int(np.ceil(y + 1.5 * height)))
+    if right - left < 12 or bottom - top < 12:  # the box lies outside the photo
+        return None
+    faces = _DETECTOR.detect(np.ascontiguousarray(rgb[top:bottom, left:right]))
+    face = face_in_box(faces, (x - left, y - top, x - left + width, y - top + height))
+    return None if face is None else face.landmarks + [left, top]
 
 
 def crop_one(job: tuple[str, str, bool, bool]) -> str:
