@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from tqdm import tqdm
 
 from benchmarks.lfw_raw import PhotoAligner, distinct_paths, load_pair_images, read_aligned_file, read_pairs
@@ -68,10 +67,7 @@ def parse_args(argv=None):
 def photo_aligner(args) -> PhotoAligner:
     from faces.mtcnn import MTCNN
 
-    try:
-        detector = MTCNN(weights_dir=args.mtcnn_weights, min_face_size=args.min_face_size, device=args.device)
-    except (FileNotFoundError, ValueError) as err:
-        raise UserError(str(err)) from None
+    detector = MTCNN(weights_dir=args.mtcnn_weights, min_face_size=args.min_face_size, device=args.device)
     return PhotoAligner(detector, root=args.lfw_dir, save_to=args.save_aligned)
 
 

@@ -232,10 +232,7 @@ def crop_megaface(args) -> None:
     global _DETECTOR
     if args.detect:
         from faces.mtcnn import MTCNN
-        try:
-            _DETECTOR = MTCNN(weights_dir=args.mtcnn_weights)
-        except (FileNotFoundError, ValueError) as err:
-            raise UserError(str(err)) from None
+        _DETECTOR = MTCNN(weights_dir=args.mtcnn_weights)
         if args.workers > 1:
             torch.set_num_threads(1)  # each forked worker runs the detector on one core
     parts = []

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from utils import UserError
+
 WEIGHTS_PACKAGE = "facenet_pytorch"  # the import name of the PyPI wheel facenet-pytorch
 WEIGHT_FILES = ("pnet.pt", "rnet.pt", "onet.pt")
 
@@ -112,14 +114,14 @@ def default_weights_dir() -> Path | None:
 
 
 def find_weights_dir(weights_dir: str | Path | None = None) -> Path:
-    """The folder holding pnet.pt, rnet.pt and onet.pt; FileNotFoundError says how to get them."""
+    """The folder holding pnet.pt, rnet.pt and onet.pt; a UserError names what is missing and how to get it."""
     folder = Path(weights_dir) if weights_dir is not None else default_weights_dir()
     if folder is None:
-        raise FileNotFoundError("MTCNN weights not found: install them with "
+        raise UserError("MTCNN weights not found: install them with "
                                 "'pip install --no-deps facenet-pytorch==2.6.0' (make setup does)")
     missing = [name for name in WEIGHT_FILES if not (folder / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"{folder / missing[0]}: MTCNN weight file not found "
+        raise UserError(f"{folder / missing[0]}: MTCNN weight file not found "
                                 f"(expected {', '.join(WEIGHT_FILES)} in {folder})")
     return folder
 
@@ -161,8 +163,6 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "un
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
     keep = []
-    if mode not in ("union", "min"):
-        raise ValueError(f"mode must be 'union' or 'min', got {mode!r}")
     while order.size:
         best, rest = order[0], order[1:]
         keep.append(best)
@@ -242,7 +242,7 @@ class MTCNN:
             state = torch.load(path, map_location="cpu", weights_only=True)
             net.load_state_dict(state)
         except Exception as err:  # a damaged or foreign file: name it
-            raise ValueError(f"{path}: not an MTCNN {type(net).__name__} state dict ({err})") from None
+            raise UserError(f"{path}: not an MTCNN {type(net).__name__} state dict ({err})") from None
         return net.to(self.device).eval()
 
     @torch.inference_mode()

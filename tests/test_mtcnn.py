@@ -11,6 +11,7 @@ from faces.mtcnn import (MTCNN, WEIGHT_FILES, Face, central_face, default_weight
                          pyramid_scales)
 from tests.conftest import ROOT
 from tests.helpers import mtcnn_photos, rotate_photo, skimage_photo
+from utils import UserError
 
 REFERENCE = json.loads((ROOT / "tests" / "fixtures" / "mtcnn_reference.json").read_text())
 
@@ -145,11 +146,11 @@ def test_weights_come_from_the_installed_wheel_and_missing_ones_are_named(tmp_pa
     assert folder is not None and find_weights_dir() == folder
     assert all((folder / name).is_file() for name in WEIGHT_FILES)
     (tmp_path / "pnet.pt").write_bytes((folder / "pnet.pt").read_bytes())
-    with pytest.raises(FileNotFoundError, match="rnet.pt"):
+    with pytest.raises(UserError, match="rnet.pt: MTCNN weight file not found"):
         MTCNN(weights_dir=tmp_path)
     (tmp_path / "rnet.pt").write_bytes(b"not a state dict")
     (tmp_path / "onet.pt").write_bytes((folder / "onet.pt").read_bytes())
-    with pytest.raises(ValueError, match="rnet.pt: not an MTCNN RNet state dict"):
+    with pytest.raises(UserError, match="rnet.pt: not an MTCNN RNet state dict"):
         MTCNN(weights_dir=tmp_path)
 
 
