@@ -238,11 +238,15 @@ class MTCNN:
         self.batch_size = batch_size
 
     def _load(self, net: nn.Module, path: Path) -> nn.Module:
-        try:
+        what = f"{path}: not an MTCNN {type(net).__name__} state dict"
+        try:  # facenet-pytorch's files use torch's legacy (non-zip) format, which weights_only reads too
             state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - a damaged file fails in many ways; torch's text is pages long
+            raise UserError(f"{what} (torch.load with weights_only failed: {type(err).__name__})") from None
+        try:
             net.load_state_dict(state)
-        except Exception as err:  # a damaged or foreign file: name it
-            raise UserError(f"{path}: not an MTCNN {type(net).__name__} state dict ({err})") from None
+        except Exception as err:  # noqa: BLE001 - wrong keys or shapes: say which, on one line
+            raise UserError(f"{what} ({' '.join(str(err).split())[:200]})") from None
         return net.to(self.device).eval()
 
     @torch.inference_mode()

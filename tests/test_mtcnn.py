@@ -150,8 +150,12 @@ def test_weights_come_from_the_installed_wheel_and_missing_ones_are_named(tmp_pa
         MTCNN(weights_dir=tmp_path)
     (tmp_path / "rnet.pt").write_bytes(b"not a state dict")
     (tmp_path / "onet.pt").write_bytes((folder / "onet.pt").read_bytes())
-    with pytest.raises(UserError, match="rnet.pt: not an MTCNN RNet state dict"):
+    with pytest.raises(UserError, match=r"rnet.pt: not an MTCNN RNet state dict \(torch.load with weights_only failed"):
         MTCNN(weights_dir=tmp_path)
+    (tmp_path / "rnet.pt").write_bytes((folder / "onet.pt").read_bytes())  # a state dict, the wrong one
+    with pytest.raises(UserError, match="rnet.pt: not an MTCNN RNet state dict") as err:
+        MTCNN(weights_dir=tmp_path)
+    assert "\n" not in str(err.value)
 
 
 def test_weights_load_without_pickle_code():
