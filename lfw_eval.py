@@ -130,7 +130,8 @@ def main(argv=None) -> int:
         raise UserError(f"{args.pairs}: the header declares {num_folds} fold; k-fold verification needs >= 2")
     model, meta, device = load_model(args.model, args.net, args.device)
     read_face = read_aligned_file if args.aligned else photo_aligner(args)
-    with tqdm(total=len(distinct_paths(pairs)), desc="aligned faces" if args.aligned else "detect + align",
+    num_files = len(distinct_paths(pairs))
+    with tqdm(total=num_files, desc="aligned faces" if args.aligned else "detect + align",
               unit="img", leave=False) as bar:
         images = load_pair_images(pairs, progress=bar.update, read_face=read_face)
     print(f"{len(pairs)} pairs, {num_folds} folds, {images.shape[0]} images")
@@ -148,7 +149,7 @@ def main(argv=None) -> int:
     written = ["misclassified.txt"]
     if not args.aligned:
         no_face = read_face.no_face
-        print(f"no face found in {len(no_face)} of {len(distinct_paths(pairs))} photos (centred crop used)")
+        print(f"no face found in {len(no_face)} of {num_files} photos (centred crop used)")
         atomic_write_text(out / "no_face.txt", "".join(f"{_relative(path, args.lfw_dir)}\n" for path in no_face))
         written.append("no_face.txt")
     if args.worst:
