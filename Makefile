@@ -31,10 +31,10 @@ demo: $(STAMP)
 	$(PY) demo.py --data_path $(DEMO_DATA) --work_path work_space/demo
 
 bench: $(STAMP)
-	$(PY) bench/data_loader.py
-	$(PY) bench/prepare_data.py
-	$(PY) bench/verification.py
-	$(PY) bench/megaface.py
+	$(PY) -m perf.data_loader
+	$(PY) -m perf.prepare_data
+	$(PY) -m perf.verification
+	$(PY) -m perf.megaface
 
 clean-demo:
 	rm -rf $(DEMO_DATA) work_space/demo

@@ -13,29 +13,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
-from evaluation import evaluate_valset, load_model, markdown_table, resolve_valsets, write_reports
-from model import list_backbones
-from utils import CliParser, run_cli
-
-AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from evaluation import ValSet, evaluate_set, markdown_table, resolve_valsets, write_reports
+from inference.loader import add_model_arguments, load_model
+from inference.runtime import AMP_DTYPES
+from utils import CliParser, default_output_dir, run_cli
 
 
 def parse_args(argv=None):
     parser = CliParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, required=True, help="weights file (checkpoint or model_*.pth)")
+    add_model_arguments(parser)
     parser.add_argument("--data_path", type=Path, default=Path("data/faces_emore"),
                         help="folder holding the prepared val sets (<name>/images.npy, issame.npy)")
     parser.add_argument("--val_sets", default="all", help="'all' or a comma-separated list, e.g. lfw,cfp_fp")
     parser.add_argument("--batch_size", type=int, default=256, help="images per forward pass")
     parser.add_argument("--flip", action="store_true",
                         help="flip test-time augmentation: sum the embeddings of each image and its mirror")
-    parser.add_argument("--net", default=None, choices=list_backbones(),
-                        help="architecture, when it cannot be recognised from the file")
     parser.add_argument("--folds", type=int, default=10, help="k of the k-fold protocol")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", default="off", choices=sorted(AMP_DTYPES), help="autocast dtype for the forward")
     parser.add_argument("--out", type=Path, default=None,
                         help="report folder (default: work_space/eval/<model file name>)")
@@ -48,14 +43,16 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     names = resolve_valsets(args.data_path, args.val_sets)
-    model, meta, device = load_model(args.model, args.net, args.device)
+    model = load_model(args.model, args.net, args.device)
+    print(model.describe())
     results = []
     for name in names:
         with tqdm(desc=name, unit="img", leave=False) as bar:
-            results.append(evaluate_valset(model, args.data_path, name, args.batch_size, device, args.flip,
-                                           meta["channel_order"], args.folds, AMP_DTYPES[args.amp], bar.update))
+            results.append(evaluate_set(model.network, ValSet.load(args.data_path, name), args.batch_size,
+                                        model.device, args.flip, model.conventions, args.folds,
+                                        AMP_DTYPES[args.amp], bar.update))
     print(markdown_table(results), end="")
-    out = args.out or Path("work_space") / "eval" / args.model.stem
+    out = default_output_dir(args.out, "eval", args.model.stem)
     write_reports(results, out)
     print(f"wrote {out}/results.md, results.csv and roc_<set>.png")
     return 0

@@ -38,9 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from utils import UserError, atomic_path
-from verification import far_targets_supported
+from verification import DEFAULT_FAR_TARGETS, far_targets_supported
 
-DEFAULT_FAR_TARGETS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 DEFAULT_MAX_RANK = 10
 CHUNK_SIZE = 8192
 PROBE_BLOCK = 1024

@@ -18,20 +18,18 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from benchmarks.lfw_raw import PhotoAligner, distinct_paths, load_pair_images, read_aligned_file, read_pairs
-from embedding import embed_images
-from evaluation import load_model
-from model import list_backbones
-from utils import CliParser, UserError, atomic_path, atomic_write_text, run_cli
+from evaluation.protocols.lfw_raw import NO_FACE_CROP, distinct_paths, load_pair_images, read_aligned_file, read_pairs
+from faces.pipeline import PhotoAligner
+from inference.loader import add_model_arguments, load_model
+from utils import CliParser, UserError, atomic_path, atomic_write_text, default_output_dir, run_cli
 from verification import save_roc_png, verify
 
 
 def parse_args(argv=None):
     parser = CliParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, required=True, help="weights file (checkpoint or model_*.pth)")
+    add_model_arguments(parser)
     parser.add_argument("--lfw_dir", type=Path, required=True, help="LFW image folder (<name>/<name>_0001.jpg)")
     parser.add_argument("--pairs", type=Path, required=True, help="the official pairs.txt")
     parser.add_argument("--aligned", action="store_true",
@@ -44,9 +42,6 @@ def parse_args(argv=None):
                         help="smallest face MTCNN searches for, in pixels")
     parser.add_argument("--batch_size", type=int, default=64, help="images per forward pass")
     parser.add_argument("--no_flip", action="store_true", help="no flip test-time augmentation")
-    parser.add_argument("--net", default=None, choices=list_backbones(),
-                        help="architecture, when it cannot be recognised from the file")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=None,
                         help="report folder (default: work_space/lfw_eval/<model file name>)")
     parser.add_argument("--worst", type=int, default=8, help="misclassified pairs shown in worst_pairs.png")
@@ -68,7 +63,7 @@ def photo_aligner(args) -> PhotoAligner:
     from faces.mtcnn import MTCNN
 
     detector = MTCNN(weights_dir=args.mtcnn_weights, min_face_size=args.min_face_size, device=args.device)
-    return PhotoAligner(detector, root=args.lfw_dir, save_to=args.save_aligned)
+    return PhotoAligner(detector, NO_FACE_CROP, root=args.lfw_dir, save_to=args.save_aligned)
 
 
 def misclassified(result) -> list[tuple[int, float, float]]:
@@ -128,27 +123,27 @@ def main(argv=None) -> int:
     pairs, num_folds = read_pairs(args.pairs, args.lfw_dir)
     if num_folds < 2:
         raise UserError(f"{args.pairs}: the header declares {num_folds} fold; k-fold verification needs >= 2")
-    model, meta, device = load_model(args.model, args.net, args.device)
+    model = load_model(args.model, args.net, args.device)
+    print(model.describe())
     read_face = read_aligned_file if args.aligned else photo_aligner(args)
     num_files = len(distinct_paths(pairs))
     with tqdm(total=num_files, desc="aligned faces" if args.aligned else "detect + align",
               unit="img", leave=False) as bar:
         images = load_pair_images(pairs, progress=bar.update, read_face=read_face)
     print(f"{len(pairs)} pairs, {num_folds} folds, {images.shape[0]} images")
-    embeddings = embed_images(model, images, args.batch_size, device, flip=not args.no_flip,
-                              channel_order=meta["channel_order"])
-    result = verify(embeddings, np.array([pair.issame for pair in pairs]), nrof_folds=num_folds)
+    embeddings = model.embed(images, args.batch_size, flip=not args.no_flip)
+    result = verify(embeddings, np.array([pair.issame for pair in pairs]), num_folds=num_folds)
     print(f"LFW accuracy: {result.accuracy:.4f} +- {result.accuracy_std:.4f} "
           f"(flip {'off' if args.no_flip else 'on'})")
     print("fold accuracies: " + " ".join(f"{acc:.4f}" for acc in result.fold_accuracy))
     print(f"AUC {result.auc:.4f}, EER {result.eer:.4f}")
 
-    out = args.out or Path("work_space") / "lfw_eval" / args.model.stem
+    out = default_output_dir(args.out, "lfw_eval", args.model.stem)
     errors = misclassified(result)
     atomic_write_text(out / "misclassified.txt", misclassified_text(errors, pairs, result, args.lfw_dir))
     written = ["misclassified.txt"]
     if not args.aligned:
-        no_face = read_face.no_face
+        no_face = read_face.fallbacks
         print(f"no face found in {len(no_face)} of {num_files} photos (centred crop used)")
         atomic_write_text(out / "no_face.txt", "".join(f"{_relative(path, args.lfw_dir)}\n" for path in no_face))
         written.append("no_face.txt")

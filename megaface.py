@@ -10,7 +10,7 @@
     python megaface.py --action evaluate --features_dir CLEAN [--sizes 10,100,...] [--out DIR]
 
 Folders hold a `facescrub/` and a `megaface/` part with the official relative paths (see
-benchmarks/megaface.py). Features are the devkit's files `<image>_<algo>.bin`, so its
+evaluation/protocols/megaface.py). Features are the devkit's files `<image>_<algo>.bin`, so its
 run_experiment.py can read them too. `evaluate` prints rank-1..10 identification and TAR@FAR 1e-6..1e-1
 for each distractor subset and writes results.md, results.json, cmc.png and roc.png to `--out`.
 """
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmarks.megaface import (
+from evaluation.protocols.megaface import (
     DistractorSets,
     ProbeSet,
     distractor_sets,
@@ -40,26 +40,16 @@ from benchmarks.megaface import (
     write_matrix,
 )
 from data.images import encode_jpeg, encode_png, read_aligned_face, read_image_file
-from faces.alignment import align_face, crop_box
-from identification import (
-    CHUNK_SIZE,
-    DEFAULT_FAR_TARGETS,
-    OpenSetEvaluator,
-    save_cmc_png,
-    save_roc_png,
-)
-from model import list_backbones
-from utils import (
-    CliParser,
-    UserError,
-    atomic_write_bytes,
-    atomic_write_text,
-    parallel_map,
-    run_cli,
-)
+from faces.alignment import ALIGNED_SIZE
+from faces.pipeline import align_photo, inset
+from identification import CHUNK_SIZE, OpenSetEvaluator, save_cmc_png, save_roc_png
+from inference.loader import add_model_arguments
+from utils import CliParser, UserError, atomic_write_bytes, atomic_write_text, default_output_dir, parallel_map, run_cli
+from verification import DEFAULT_FAR_TARGETS
 
 ACTIONS = ("crop_megaface", "gen_features", "remove_noise", "evaluate")
-ALIGNED_SIZE = 112
+# insightface's last resort for a photo without a face JSON: the photo less 6 % at each border
+NO_FACE_CROP = inset(0.06)
 NOISE_JITTER = 0.001     # insightface: a noisy probe becomes its identity's centre + U(-0.001, 0.001)
 DISTRACTOR_NOISE_MARK = 100.0  # insightface: the extra coordinate of a noisy distractor (clean ones get 0)
 
@@ -82,10 +72,7 @@ def parse_args(argv=None):
                         help="distractor subset sizes, comma-separated (default: every list in --megaface_lists, "
                              "else 10,100,1000,10000,100000,1000000 capped at the images available)")
     parser.add_argument("--algo", default="pgaml", help="feature file suffix: <image>_<algo>.bin")
-    parser.add_argument("--model", type=Path, help="gen_features: weights file (checkpoint or model_*.pth)")
-    parser.add_argument("--net", default=None, choices=list_backbones(),
-                        help="gen_features: architecture, when it cannot be recognised from the file")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_model_arguments(parser, required=False, prefix="gen_features: ")
     parser.add_argument("--batch_size", type=int, default=256, help="gen_features: images per forward pass")
     parser.add_argument("--no_flip", action="store_true", help="gen_features: no flip test-time augmentation")
     parser.add_argument("--facescrub_noises", type=Path, help="remove_noise: facescrub_noises.txt")
@@ -179,26 +166,8 @@ def _sets(args, root: Path, algo: str | None = None) -> tuple[ProbeSet, Distract
 _DETECTOR = None
 
 
-def detected_landmarks(rgb: np.ndarray, meta) -> np.ndarray | None:
-    """MTCNN's five landmarks of the face the JSON box marks (IoU >= 0.3), or of the photo's most
-    central face when there is no box; None when no detection qualifies.
-
-    With a box, only the box enlarged by half its size on each side is searched: the same face, and
-    a 10x smaller image than a whole Flickr photo."""
-    from faces.mtcnn import central_face, face_in_box
-
-    if meta is None or meta.box is None:
-        face = central_face(_DETECTOR.detect(rgb), *rgb.shape[:2])
-        return None if face is None else face.landmarks
-    x, y, width, height = meta.box
-    left, top = max(0, int(x - width / 2)), max(0, int(y - height / 2))
-    right = min(rgb.shape[1], int(np.ceil(x + 1.5 * width)))
-    bottom = min(rgb.shape[0], int(np.ceil(y + 1.5 * height)))
-    if right - left < 12 or bottom - top < 12:  # the box lies outside the photo
-        return None
-    faces = _DETECTOR.detect(np.ascontiguousarray(rgb[top:bottom, left:right]))
-    face = face_in_box(faces, (x - left, y - top, x - left + width, y - top + height))
-    return None if face is None else face.landmarks + [left, top]
+# faces.pipeline's names for how a face was aligned -> this command's summary keys
+HOW = {"detected": "detected", "landmarks": "landmarks", "box": "box", "fallback": "whole"}
 
 
 def crop_one(job: tuple[str, str, bool, bool]) -> str:
@@ -210,19 +179,13 @@ def crop_one(job: tuple[str, str, bool, bool]) -> str:
     rgb = read_image_file(source)
     meta_path = source.with_name(source.name + ".json")
     meta = read_face_json(meta_path) if meta_path.is_file() else None
-    landmarks = detected_landmarks(rgb, meta) if detect else None
-    if landmarks is not None:
-        aligned, how = align_face(rgb, landmarks, ALIGNED_SIZE), "detected"
-    elif meta is not None and meta.landmarks is not None:
-        try:
-            aligned, how = align_face(rgb, meta.landmarks, ALIGNED_SIZE, meta.template_indices), "landmarks"
-        except ValueError as err:
-            raise UserError(f"{meta_path}: unusable landmarks: {err}") from None
-    elif meta is not None and meta.box is not None:
-        aligned, how = crop_box(rgb, meta.box, ALIGNED_SIZE), "box"
-    else:  # insightface's last resort: the photo less 6 % at each border
-        height, width = rgb.shape[:2]
-        aligned, how = crop_box(rgb, (0.06 * width, 0.06 * height, 0.88 * width, 0.88 * height), ALIGNED_SIZE), "whole"
+    box, landmarks, indices = (meta.box, meta.landmarks, meta.template_indices) if meta else (None, None, None)
+    try:
+        face = align_photo(rgb, _DETECTOR if detect else None, box=box, landmarks=landmarks,
+                           template_indices=indices, fallback=NO_FACE_CROP)
+    except ValueError as err:
+        raise UserError(f"{meta_path}: unusable landmarks: {err}") from None
+    aligned, how = face.image, HOW[face.how]
     data = encode_png(aligned) if target.suffix.lower() == ".png" else encode_jpeg(aligned, quality=95)
     atomic_write_bytes(target, data, durable=False)
     return how
@@ -261,19 +224,18 @@ def load_aligned(path: Path) -> np.ndarray:
 
 
 def gen_features(args) -> None:
-    from embedding import embed_images
-    from evaluation import load_model
+    from inference.loader import load_model
 
     probes, distractors = _sets(args, args.aligned_dir)
-    model, meta, device = load_model(args.model, args.net, args.device)
+    model = load_model(args.model, args.net, args.device)
+    print(model.describe())
     for name, paths in (("facescrub", probes.paths), ("megaface", distractors.paths)):
         todo = [p for p in paths if args.force or not feature_path(args.features_dir / name, p, args.algo).is_file()]
         with tqdm(total=len(todo), desc=f"features {name}", unit="img", leave=False) as bar:
             for start in range(0, len(todo), args.batch_size):
                 batch = todo[start:start + args.batch_size]
                 images = np.stack([load_aligned(args.aligned_dir / name / p) for p in batch])
-                features = embed_images(model, images, args.batch_size, device, flip=not args.no_flip,
-                                        channel_order=meta["channel_order"])
+                features = model.embed(images, args.batch_size, flip=not args.no_flip)
                 for path, feature in zip(batch, features):
                     write_matrix(feature_path(args.features_dir / name, path, args.algo), feature)
                 bar.update(len(batch))
@@ -358,7 +320,7 @@ def evaluate(args) -> None:
     result.extra.update({"algo": args.algo, "features_dir": str(args.features_dir)})
     table = result.markdown()
     print(table, end="")
-    out = args.out or Path("work_space") / "megaface" / args.algo
+    out = default_output_dir(args.out, "megaface", args.algo)
     atomic_write_text(out / "results.md", f"# MegaFace challenge 1: {args.algo}\n\n{table}")
     atomic_write_text(out / "results.json", json.dumps(result.as_dict(), indent=1) + "\n")
     save_cmc_png(result, out / "cmc.png", title=f"MegaFace ({args.algo})")

@@ -20,6 +20,8 @@ AUGMENT_FLAGS = ("flip_prob", "downscale_prob", "blur_prob", "jpeg_prob")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from heads import list_heads  # the registry: a new head appears in --help without editing this file
+
     parser = CliParser(prog="train.py", description=__doc__, allow_abbrev=False,
                        argument_default=argparse.SUPPRESS, formatter_class=argparse.RawDescriptionHelpFormatter)
 
@@ -46,8 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--embedding_size", type=int, help="embedding dimension")
     flag("--drop_ratio", type=float, help="dropout before the embedding layer (default: 0.6 IR/IR-SE, 0 IResNet)")
     flag("--pretrained", help="backbone weights to start from: ours, TreB1eN's or arcface_torch's (fine-tuning)")
-    flag("--head", help="margin head: arcface, pgaml, cosface, sphereface, combined, adaface, magface, "
-                        "curricularface")
+    flag("--head", choices=list_heads(), help="margin head")
     # --scale/--margin rather than --s/--m: torchrun's argparse rejects any flag that abbreviates one of its own
     group.add_argument("--scale", dest="s", type=float, help="head scale s (default: the head's own, 64 for most)")
     group.add_argument("--margin", dest="m", type=float, help="head margin m (arcface 0.5, cosface 0.35, ...)")
@@ -128,7 +129,7 @@ def main() -> int:
     main_process = os.environ.get("RANK", "0") == "0"
     setup_logging(getattr(logging, args.log_level) if main_process else logging.WARNING)
     config = config_from_args(args)
-    import distributed
+    from training import distributed
     from learner import Learner  # torch and the model zoo load after the flags are checked
     try:
         learner = Learner(config)

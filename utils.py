@@ -99,6 +99,11 @@ def parallel_map(func, jobs: list, workers: int) -> Iterator:
         yield from map(func, jobs)
 
 
+def default_output_dir(given: Path | None, command: str, name: str) -> Path:
+    """A command's report folder: `given` (its --out), else work_space/<command>/<name>."""
+    return Path(given) if given is not None else Path("work_space") / command / name
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")

@@ -7,8 +7,8 @@ The protocol (LFW-style, as in TreB1eN and insightface):
   * embeddings `(2P, E)`: pair `i` is rows `2i` and `2i+1`; its distance is the squared L2
     distance, summed in the embeddings' dtype exactly as TreB1eN does;
   * a pair is predicted "same" when `distance < threshold` (strictly less);
-  * `nrof_folds` sequential folds of sklearn `KFold(shuffle=False)` sizes: the first
-    `P % nrof_folds` folds hold one pair more than the others;
+  * `num_folds` sequential folds of sklearn `KFold(shuffle=False)` sizes: the first
+    `P % num_folds` folds hold one pair more than the others;
   * on each fold the accuracy threshold is chosen on the other folds (the training part) from
     `THRESHOLDS = np.arange(0, 4, 0.01)`, ties going to the smallest threshold (`np.argmax`),
     and the fold's accuracy is measured on the fold itself;
@@ -18,7 +18,7 @@ Thresholds are compared in float64 (NumPy >= 2 promotes TreB1eN's float32 distan
 float64 threshold the same way; NumPy 1.x compared in float32, which can differ for a distance
 equal to a float32-rounded threshold).
 
-Instead of one pass over the pairs per threshold (400 x nrof_folds x 2 passes in TreB1eN), each
+Instead of one pass over the pairs per threshold (400 x num_folds x 2 passes in TreB1eN), each
 pair's position in the threshold grid is found once with `searchsorted`; one `bincount` per
 (fold, label, position) and a cumulative sum then give the confusion counts of every threshold
 on every fold, and the training counts are the totals minus the fold's own.
@@ -34,12 +34,14 @@ import numpy as np
 from utils import UserError, atomic_path
 
 THRESHOLDS = np.arange(0, 4, 0.01)
-DEFAULT_FAR_TARGETS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+# The operating points reported by default (verification and identification alike), smallest FAR first as in
+# the MegaFace and IJB tables; each is reported only where the pair count supports it.
+DEFAULT_FAR_TARGETS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
 
 # ----------------------------------------------------------------------------- input checks
 
-def _pair_distances(embeddings, actual_issame, nrof_folds) -> tuple[np.ndarray, np.ndarray]:
+def _pair_distances(embeddings, actual_issame, num_folds) -> tuple[np.ndarray, np.ndarray]:
     """Validated squared L2 distances `(P,)` (float64 holding the embeddings'-dtype sums) and labels."""
     embeddings = np.asarray(embeddings)
     if embeddings.ndim != 2:
@@ -55,10 +57,10 @@ def _pair_distances(embeddings, actual_issame, nrof_folds) -> tuple[np.ndarray, 
     if issame.shape[0] != num_pairs:
         raise UserError(f"verification: {embeddings.shape[0]} embeddings make {num_pairs} pairs "
                         f"but actual_issame has {issame.shape[0]} labels")
-    if isinstance(nrof_folds, bool) or not isinstance(nrof_folds, (int, np.integer)) or nrof_folds < 2:
-        raise UserError(f"verification: nrof_folds must be an integer >= 2, got {nrof_folds!r}")
-    if nrof_folds > num_pairs:
-        raise UserError(f"verification: nrof_folds={nrof_folds} is more than the {num_pairs} pairs")
+    if isinstance(num_folds, bool) or not isinstance(num_folds, (int, np.integer)) or num_folds < 2:
+        raise UserError(f"verification: num_folds must be an integer >= 2, got {num_folds!r}")
+    if num_folds > num_pairs:
+        raise UserError(f"verification: num_folds={num_folds} is more than the {num_pairs} pairs")
     # The same expression as TreB1eN (np.sum of the squared difference), so the sums round alike.
     dist = np.sum(np.square(np.subtract(embeddings[0::2], embeddings[1::2])), 1)
     bad = np.flatnonzero(~np.isfinite(dist))
@@ -80,10 +82,10 @@ def _as_labels(actual_issame) -> np.ndarray:
     return issame != 0
 
 
-def fold_sizes(num_pairs: int, nrof_folds: int) -> np.ndarray:
+def fold_sizes(num_pairs: int, num_folds: int) -> np.ndarray:
     """sklearn KFold(shuffle=False) sizes: P // k each, the first P % k folds one more."""
-    sizes = np.full(nrof_folds, num_pairs // nrof_folds, dtype=np.int64)
-    sizes[: num_pairs % nrof_folds] += 1
+    sizes = np.full(num_folds, num_pairs // num_folds, dtype=np.int64)
+    sizes[: num_pairs % num_folds] += 1
     return sizes
 
 
@@ -107,16 +109,16 @@ class _KFold:
     grid_position: np.ndarray  # (P,) pairs are accepted at threshold j iff grid_position <= j
 
 
-def _kfold_counts(dist: np.ndarray, issame: np.ndarray, nrof_folds: int,
+def _kfold_counts(dist: np.ndarray, issame: np.ndarray, num_folds: int,
                   thresholds: np.ndarray = THRESHOLDS) -> _KFold:
     num_thresholds = thresholds.shape[0]
-    sizes = fold_sizes(dist.shape[0], nrof_folds)
-    fold_of_pair = np.repeat(np.arange(nrof_folds), sizes)
+    sizes = fold_sizes(dist.shape[0], num_folds)
+    fold_of_pair = np.repeat(np.arange(num_folds), sizes)
     # dist < thresholds[j]  <=>  (number of thresholds <= dist) <= j, as thresholds ascend.
     position = np.searchsorted(thresholds, dist, side="right")
     cell = (fold_of_pair * 2 + issame) * (num_thresholds + 1) + position
-    histogram = np.bincount(cell, minlength=nrof_folds * 2 * (num_thresholds + 1))
-    histogram = histogram.reshape(nrof_folds, 2, num_thresholds + 1)
+    histogram = np.bincount(cell, minlength=num_folds * 2 * (num_thresholds + 1))
+    histogram = histogram.reshape(num_folds, 2, num_thresholds + 1)
     accepted = np.cumsum(histogram, axis=2)[:, :, :num_thresholds]  # (F, label, T): pairs with dist < t
     totals = histogram.sum(axis=2)                                    # (F, label)
 
@@ -130,21 +132,21 @@ def _kfold_counts(dist: np.ndarray, issame: np.ndarray, nrof_folds: int,
     _, _, train_accuracy = rates(accepted.sum(0) - accepted, totals.sum(0) - totals)
     tpr, fpr, test_accuracy = rates(accepted, totals)
     best_index = np.argmax(train_accuracy, axis=1)  # the first maximum, as TreB1eN
-    accuracy = test_accuracy[np.arange(nrof_folds), best_index]
+    accuracy = test_accuracy[np.arange(num_folds), best_index]
     return _KFold(fold_of_pair, tpr, fpr, best_index, accuracy, position)
 
 
-def evaluate(embeddings, actual_issame, nrof_folds: int = 10, pca: int = 0):
+def evaluate(embeddings, actual_issame, num_folds: int = 10, pca: int = 0):
     """TreB1eN's `evaluate`: `(tpr, fpr, accuracy, best_thresholds)`.
 
     tpr, fpr: `(400,)` test-fold rates at `THRESHOLDS`, averaged over folds; accuracy and
-    best_thresholds: `(nrof_folds,)` per fold (TreB1eN's Learner reports their means). TreB1eN's
+    best_thresholds: `(num_folds,)` per fold (TreB1eN's Learner reports their means). TreB1eN's
     `calculate_val` (TAR@FAR=1e-3) is commented out of its evaluate: use `verify` for TAR@FAR.
     """
     if pca:
         raise UserError("verification: PCA before verification (pca > 0) is not supported")
-    dist, issame = _pair_distances(embeddings, actual_issame, nrof_folds)
-    folds = _kfold_counts(dist, issame, nrof_folds)
+    dist, issame = _pair_distances(embeddings, actual_issame, num_folds)
+    folds = _kfold_counts(dist, issame, num_folds)
     # np.mean over axis 0 of C-contiguous (F, T) arrays, as TreB1eN, so the averages round alike.
     return (np.mean(folds.tpr, 0), np.mean(folds.fpr, 0), folds.accuracy, THRESHOLDS[folds.best_index])
 
@@ -182,7 +184,7 @@ def _largest_count_within(target: float, total: int) -> int:
     return count
 
 
-def _tar_at_far(dist, issame, fold_of_pair, nrof_folds, far_targets) -> list[TarAtFar]:
+def _tar_at_far(dist, issame, fold_of_pair, num_folds, far_targets) -> list[TarAtFar]:
     """Threshold rule (no interpolation): on each fold, the LARGEST distance threshold whose FAR on
     the training part is <= target. With the training negatives sorted ascending, d[0] <= d[1] ...,
     and k the largest count with k / n_neg <= target, that threshold is d[k]: `dist < d[k]` accepts
@@ -192,10 +194,10 @@ def _tar_at_far(dist, issame, fold_of_pair, nrof_folds, far_targets) -> list[Tar
     """
     order = np.argsort(dist, kind="stable")
     sorted_dist, sorted_same, sorted_fold = dist[order], issame[order], fold_of_pair[order]
-    tars = np.zeros((len(far_targets), nrof_folds))
+    tars = np.zeros((len(far_targets), num_folds))
     fars = np.zeros_like(tars)
     thresholds = np.zeros_like(tars)
-    for fold in range(nrof_folds):  # one O(P) pass per fold, all targets at once
+    for fold in range(num_folds):  # one O(P) pass per fold, all targets at once
         in_fold = sorted_fold == fold
         train_negative = sorted_dist[~in_fold & ~sorted_same]
         test_positive = sorted_dist[in_fold & sorted_same]
@@ -310,11 +312,11 @@ class VerificationResult:
                 f"AUC {self.auc:.4f} EER {self.eer:.4f} {tars}").rstrip()
 
 
-def verify(embeddings, actual_issame, nrof_folds: int = 10,
+def verify(embeddings, actual_issame, num_folds: int = 10,
            far_targets=DEFAULT_FAR_TARGETS) -> VerificationResult:
     """Every verification metric of one set of pairs (see the module docstring for the protocol)."""
-    dist, issame = _pair_distances(embeddings, actual_issame, nrof_folds)
-    folds = _kfold_counts(dist, issame, nrof_folds)
+    dist, issame = _pair_distances(embeddings, actual_issame, num_folds)
+    folds = _kfold_counts(dist, issame, num_folds)
     num_positive = int(issame.sum())
     num_negative = issame.size - num_positive
     supported, skipped = far_targets_supported(num_negative, far_targets)
@@ -329,7 +331,7 @@ def verify(embeddings, actual_issame, nrof_folds: int = 10,
         accuracy=float(np.mean(folds.accuracy)), accuracy_std=float(np.std(folds.accuracy)),
         fold_accuracy=folds.accuracy, best_thresholds=THRESHOLDS[folds.best_index],
         thresholds=THRESHOLDS, tpr=np.mean(folds.tpr, 0), fpr=np.mean(folds.fpr, 0),
-        tar_at_far=_tar_at_far(dist, issame, folds.fold_of_pair, nrof_folds, supported),
+        tar_at_far=_tar_at_far(dist, issame, folds.fold_of_pair, num_folds, supported),
         skipped_far_targets=skipped,
         roc_fpr=roc_fpr, roc_tpr=roc_tpr, roc_thresholds=roc_thresholds,
         auc=auc, eer=eer, eer_threshold=eer_threshold,

@@ -4,7 +4,7 @@ Datasets yield `(image, label, side)`: `image` a uint8 RGB CHW NumPy array (a vi
 flipped or not; `collate_batch` turns a list of items into tensors), `label` an int, `side` a dict of
 float32 side information (`yaw`, `pitch` in degrees, `height` in metres) for the images that have it
 (`pose.npy` / `height.npy` beside the data, indexed by record key; NaN = unknown). The conversion to float
-and the normalisation happen once per batch, on the device, in `to_model_input`.
+and the normalisation happen once per batch, on the device, in `inference.conventions.to_model_input`.
 
 Augmentation is drawn from a per-sample random generator seeded by (seed, epoch, index), so a sample's
 augmentation does not depend on which worker loads it or on where a resumed run restarts.
@@ -28,7 +28,6 @@ from utils import UserError
 
 log = logging.getLogger(__name__)
 
-MEAN, STD = 0.5, 0.5  # model input = (x / 255 - MEAN) / STD, DESIGN.md's convention
 
 
 # ---------------------------------------------------------------- augmentation
@@ -336,12 +335,3 @@ def build_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, shuffl
                       collate_fn=collate_batch, pin_memory=pin_memory, drop_last=drop_last,
                       prefetch_factor=4 if num_workers > 0 else None,
                       generator=torch.Generator().manual_seed(seed))
-
-
-def to_model_input(images: torch.Tensor, device: torch.device | str = "cpu",
-                   channels_last: bool = False) -> torch.Tensor:
-    """uint8 RGB NCHW batch -> normalised float32 model input on `device` (the one place this happens)."""
-    images = images.to(device, non_blocking=True)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images.float().div_(255.0).sub_(MEAN).div_(STD)

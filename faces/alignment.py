@@ -23,6 +23,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+ALIGNED_SIZE = 112  # the side of every aligned face: the models' input size
 LANDMARK_NAMES = ("eye_left", "eye_right", "nose", "mouth_left", "mouth_right")  # as seen in the image
 
 # insightface's `arcface_dst`: the reference points of a 112x112 aligned face (also TreB1eN's square
@@ -35,7 +36,7 @@ ARCFACE_TEMPLATE_112 = np.array([
     [70.7299, 92.2041]], dtype=np.float64)
 
 
-def reference_points(size: int = 112) -> np.ndarray:
+def reference_points(size: int = ALIGNED_SIZE) -> np.ndarray:
     """The (5, 2) reference points of a `size` x `size` aligned face.
 
     A multiple of 112 scales the 112 template; any other size follows insightface's `estimate_norm`:
@@ -87,7 +88,7 @@ def transform_points(matrix: np.ndarray, points) -> np.ndarray:
     return points @ matrix[:, :2].T + matrix[:, 2]
 
 
-def alignment_matrix(landmarks, size: int = 112, template_indices=None) -> np.ndarray:
+def alignment_matrix(landmarks, size: int = ALIGNED_SIZE, template_indices=None) -> np.ndarray:
     """The 2x3 matrix taking image coordinates to the aligned `size` x `size` face.
 
     `landmarks` (K, 2); `template_indices` (K,) names the reference point of each (default: the five
@@ -103,7 +104,7 @@ def alignment_matrix(landmarks, size: int = 112, template_indices=None) -> np.nd
     return estimate_similarity(landmarks, reference_points(size)[indices])
 
 
-def warp(rgb_image: np.ndarray, matrix: np.ndarray, size: int = 112) -> np.ndarray:
+def warp(rgb_image: np.ndarray, matrix: np.ndarray, size: int = ALIGNED_SIZE) -> np.ndarray:
     """`size` x `size` crop of an HxWx3 uint8 image through a 2x3 matrix (bilinear, black outside)."""
     image = np.asarray(rgb_image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -112,13 +113,13 @@ def warp(rgb_image: np.ndarray, matrix: np.ndarray, size: int = 112) -> np.ndarr
                           borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
 
 
-def align_face(rgb_image: np.ndarray, landmarks, size: int = 112, template_indices=None) -> np.ndarray:
+def align_face(rgb_image: np.ndarray, landmarks, size: int = ALIGNED_SIZE, template_indices=None) -> np.ndarray:
     """The aligned face, uint8 (size, size, 3), from the photo and its landmarks (see the module
     docstring for the point order; `template_indices` for fewer than five points)."""
     return warp(rgb_image, alignment_matrix(landmarks, size, template_indices), size)
 
 
-def box_matrix(box_xywh, size: int = 112, margin: float = 0.0) -> np.ndarray:
+def box_matrix(box_xywh, size: int = ALIGNED_SIZE, margin: float = 0.0) -> np.ndarray:
     """The 2x3 matrix of a square crop centred on a face box (x, y, width, height), enlarged by
     `margin` (0.1 = 10 % on each side) and scaled to `size`: the fallback when no landmarks are known."""
     x, y, width, height = (float(v) for v in box_xywh)
@@ -131,6 +132,6 @@ def box_matrix(box_xywh, size: int = 112, margin: float = 0.0) -> np.ndarray:
                      [0.0, scale, size / 2 - scale * centre_y]])
 
 
-def crop_box(rgb_image: np.ndarray, box_xywh, size: int = 112, margin: float = 0.0) -> np.ndarray:
+def crop_box(rgb_image: np.ndarray, box_xywh, size: int = ALIGNED_SIZE, margin: float = 0.0) -> np.ndarray:
     """uint8 (size, size, 3): the square crop of `box_matrix` (black outside the photo)."""
     return warp(rgb_image, box_matrix(box_xywh, size, margin), size)

@@ -8,8 +8,9 @@ from torch.utils.data import DistributedSampler
 
 from config import AugmentConfig
 from data.datasets import (FolderDataset, RecordDataset, augment, build_loader, collate_batch, open_dataset,
-                           sample_rng, to_model_input)
+                           sample_rng)
 from data.images import decode_rgb
+from inference.conventions import to_model_input
 from data.prepare_data import main as prepare
 from data.recordio import RecordError, RecordReader
 from tests.helpers import jpeg, write_emore

@@ -3,7 +3,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from embedding import embed_images
+from inference.conventions import INPUT_CONVENTIONS
+from inference.embedding import embed_images
+
+
+def conventions(order: str = "RGB", mean: float = 0.5, std: float = 0.5) -> dict:
+    return {**INPUT_CONVENTIONS, "channel_order": order, "mean": mean, "std": std}
 
 
 class TinyNet(torch.nn.Module):
@@ -18,11 +23,11 @@ class TinyNet(torch.nn.Module):
         return F.normalize(self.linear(x.flatten(1)), dim=1)
 
 
-def reference(model, images, flip, bgr):
+def reference(model, images, flip, bgr, mean=0.5, std=0.5):
     x = torch.from_numpy(images.astype(np.float32) / 255.0)
     if bgr:
         x = x.flip(1)
-    x = (x - 0.5) / 0.5
+    x = (x - mean) / std
     with torch.no_grad():
         emb = model(x) + (model(x.flip(3)) if flip else 0)
     return F.normalize(emb, dim=1).numpy()
@@ -36,7 +41,7 @@ def test_batches_flip_and_channel_order(tmp_path, flip, order):
     stored = np.load(tmp_path / "images.npy", mmap_mode="r")  # streamed from a memmap, as eval does
     model = TinyNet().train()
     seen = []
-    out = embed_images(model, stored, batch_size=4, flip=flip, channel_order=order, progress=seen.append)
+    out = embed_images(model, stored, batch_size=4, flip=flip, conventions=conventions(order), progress=seen.append)
     assert out.dtype == np.float32 and out.shape == (13, 16) and seen == [4, 4, 4, 1]
     np.testing.assert_allclose(out, reference(model, images, flip, order == "BGR"), atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-6)
@@ -48,14 +53,14 @@ def test_flip_and_order_change_the_result():
     model = TinyNet()
     plain = embed_images(model, images, flip=False)
     assert not np.allclose(plain, embed_images(model, images, flip=True))
-    assert not np.allclose(plain, embed_images(model, images, flip=False, channel_order="BGR"))
+    assert not np.allclose(plain, embed_images(model, images, flip=False, conventions=conventions("BGR")))
 
 
 def test_bad_inputs():
     with pytest.raises(ValueError, match="expected uint8 images"):
         embed_images(TinyNet(), np.zeros((2, 8, 8, 3), np.uint8))
     with pytest.raises(ValueError, match="channel order"):
-        embed_images(TinyNet(), np.zeros((2, 3, 8, 8), np.uint8), channel_order="GBR")
+        embed_images(TinyNet(), np.zeros((2, 3, 8, 8), np.uint8), conventions=conventions("GBR"))
 
 
 def test_bf16_autocast_close_to_fp32():
@@ -64,3 +69,12 @@ def test_bf16_autocast_close_to_fp32():
     fp32 = embed_images(model, images)
     bf16 = embed_images(model, images, amp_dtype=torch.bfloat16)
     assert np.abs(fp32 - bf16).max() < 0.05
+
+
+def test_mean_and_std_come_from_the_conventions():
+    """A model trained on (x/255 - 0.4) / 0.25 (another framework's choice) is fed exactly that."""
+    images = np.random.default_rng(3).integers(0, 256, (5, 3, 8, 8), dtype=np.uint8)
+    model = TinyNet()
+    out = embed_images(model, images, flip=False, conventions=conventions("RGB", 0.4, 0.25))
+    np.testing.assert_allclose(out, reference(model, images, False, False, 0.4, 0.25), atol=1e-6)
+    assert not np.allclose(out, embed_images(model, images, flip=False))

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from data.valsets import convert_bin, write_bin
-from model import build_backbone, save_backbone_weights
+from inference.weights import save_backbone_weights
+from model import build_backbone
 from tests.conftest import ROOT
 from tests.helpers import jpeg
 

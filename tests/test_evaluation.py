@@ -39,7 +39,7 @@ def prepared(tmp_path):
 
 
 def test_evaluate_valset_with_pose_strata(prepared):
-    outcome = evaluate_valset(PixelNet(), prepared, "lfw", batch_size=7, nrof_folds=5)
+    outcome = evaluate_valset(PixelNet(), prepared, "lfw", batch_size=7, num_folds=5)
     assert outcome.result.accuracy == 1.0 and outcome.num_frontal == 10 and outcome.num_profile == 10
     assert outcome.frontal_accuracy == 1.0 and outcome.profile_accuracy == 1.0
     assert set(outcome.scalars()) >= {"accuracy", "accuracy_frontal", "accuracy_profile", "auc", "eer"}
@@ -61,7 +61,7 @@ def test_resolve_valsets(prepared):
 
 
 def test_reports(prepared, tmp_path):
-    results = [evaluate_valset(PixelNet(), prepared, name, nrof_folds=2) for name in ("lfw", "cfp_fp")]
+    results = [evaluate_valset(PixelNet(), prepared, name, num_folds=2) for name in ("lfw", "cfp_fp")]
     table = markdown_table(results)
     assert table.splitlines()[0].startswith("| set | pairs | accuracy") and "| lfw | 20 | 1.0000 |" in table
     rows = list(csv.reader(io.StringIO(csv_table(results))))

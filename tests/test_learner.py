@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-import schedule
-from checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from training import schedule
+from training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from config import Config
 from learner import Learner
-from model import load_backbone_weights
-from run_log import read_scalars
+from inference.weights import load_backbone_weights
+from training.run_log import read_scalars
 from utils import UserError
 
 

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.lfw_raw import PhotoAligner, load_pair_images, read_pairs
-from model import build_backbone, save_backbone_weights
+from evaluation.protocols.lfw_raw import NO_FACE_CROP, load_pair_images, read_pairs
+from faces.pipeline import PhotoAligner
+from inference.weights import save_backbone_weights
+from model import build_backbone
 from tests.conftest import ROOT
 from data.images import encode_jpeg
 from tests.helpers import jpeg, skimage_photo
@@ -175,10 +177,10 @@ def raw_lfw(tmp_path_factory):
 
 def test_photo_aligner_undoes_the_view(raw_lfw):
     from faces.mtcnn import MTCNN
-    aligner = PhotoAligner(MTCNN(), root=raw_lfw / "lfw")
+    aligner = PhotoAligner(MTCNN(), NO_FACE_CROP, root=raw_lfw / "lfw")
     faces = {name: [aligner(raw_lfw / "lfw" / name / f"{name}_{n:04d}.jpg").astype(np.float64)
                     for n in range(1, len(VIEWS) + 1)] for name in SOURCES}
-    assert aligner.no_face == []
+    assert aligner.fallbacks == []
     inner = (slice(None), slice(16, 96), slice(16, 96))
 
     def diff(a, b):
@@ -188,7 +190,7 @@ def test_photo_aligner_undoes_the_view(raw_lfw):
     other = [diff(a, b) for a in faces["Eileen_Collins"] for b in faces["Camera_Man"]]
     assert max(same) < 25 and min(other) > 2.5 * max(same), (same, other)
     blank = aligner(raw_lfw / "lfw" / "Nobody_Home" / "Nobody_Home_0001.jpg")
-    assert blank.shape == (3, 112, 112) and aligner.no_face == [raw_lfw / "lfw" / "Nobody_Home" / "Nobody_Home_0001.jpg"]
+    assert blank.shape == (3, 112, 112) and aligner.fallbacks == [raw_lfw / "lfw" / "Nobody_Home" / "Nobody_Home_0001.jpg"]
 
 
 def test_lfw_eval_raw_photos_end_to_end(raw_lfw):

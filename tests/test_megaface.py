@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import megaface
-from benchmarks.megaface import (
+from evaluation.protocols.megaface import (
     decode_matrix,
     distractor_sets,
     encode_matrix,
@@ -28,7 +28,8 @@ from benchmarks.megaface import (
 from data.images import decode_rgb, encode_jpeg, encode_png
 from faces.alignment import ARCFACE_TEMPLATE_112, transform_points
 from identification import evaluate_open_set
-from model import build_backbone, save_backbone_weights
+from inference.weights import save_backbone_weights
+from model import build_backbone
 from tests.conftest import ROOT
 from utils import UserError, run_cli
 

@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from checkpoint import list_checkpoints, load_checkpoint
+from training.checkpoint import list_checkpoints, load_checkpoint
 from config import Config
-from run_log import read_scalars
+from training.run_log import read_scalars
 from tests.conftest import ROOT
 
 SMALL = ["-n", "mobilefacenet", "--embedding_size", "64", "-b", "8", "-e", "3", "-lr", "0.05", "-w", "0",
@@ -57,7 +57,7 @@ def test_help_documents_every_flag():
     (["-n", "resnet"], "argument -n/-net/--net_mode: invalid choice"),
     (["--lr", "-1"], "--lr must be positive"),
     (["--amp", "fp8"], "invalid choice"),
-    (["--head", "softmaxx"], "unknown head 'softmaxx'"),
+    (["--head", "softmaxx"], "--head: invalid choice: 'softmaxx'"),
     (["--data_path", "/nonexistent/faces"], "/nonexistent/faces: neither a RecordIO folder"),
     (["-d", "casia"], "--data_mode casia: choose one of"),
     (["--head", "arcface", "--m9", "1"], "unrecognized arguments: --m9"),

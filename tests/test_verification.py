@@ -157,7 +157,7 @@ def degenerate_case():
 def test_evaluate_identical_to_loop_reference(name, make, folds):
     embeddings, issame = make()
     expected = loop_evaluate(embeddings, issame, folds)
-    got = evaluate(embeddings, list(issame), nrof_folds=folds)
+    got = evaluate(embeddings, list(issame), num_folds=folds)
     assert len(got) == 4
     for value, reference in zip(got, expected):
         assert value.shape == reference.shape
@@ -186,7 +186,7 @@ def test_fold_sizes_match_sklearn_kfold():
 def test_verify_accuracy_and_pair_flags(name, make, folds):
     embeddings, issame = make()
     _, _, accuracy, best = loop_evaluate(embeddings, issame, folds)
-    result = verify(embeddings, issame, nrof_folds=folds)
+    result = verify(embeddings, issame, num_folds=folds)
     np.testing.assert_array_equal(result.fold_accuracy, accuracy)
     np.testing.assert_array_equal(result.best_thresholds, best)
     assert result.accuracy == np.mean(accuracy) and result.accuracy_std == np.std(accuracy)
@@ -207,7 +207,7 @@ def test_tar_at_far_with_duplicate_far_values_matches_loop():
     # many tied negative distances: the training FAR curve repeats values (interp1d would refuse it)
     assert len(np.unique(negatives)) < len(negatives) / 10
     targets = (0.1, 0.05, 0.01, 0.005)
-    result = verify(embeddings, issame, nrof_folds=10, far_targets=targets)
+    result = verify(embeddings, issame, num_folds=10, far_targets=targets)
     assert [e.far_target for e in result.tar_at_far] == list(targets) and not result.skipped_far_targets
     for entry in result.tar_at_far:
         tar, tar_std, far, chosen = loop_tar_at_far(embeddings, issame, entry.far_target)
@@ -220,7 +220,7 @@ def test_tar_at_far_with_duplicate_far_values_matches_loop():
 @pytest.mark.parametrize("seed", [8, 9])
 def test_tar_at_far_continuous_distances_match_loop(seed):
     embeddings, issame = unit_pairs(seed, 150, noise=0.7)
-    result = verify(embeddings, issame, nrof_folds=5, far_targets=(0.3, 0.1, 0.02))
+    result = verify(embeddings, issame, num_folds=5, far_targets=(0.3, 0.1, 0.02))
     for entry in result.tar_at_far:
         tar, tar_std, far, chosen = loop_tar_at_far(embeddings, issame, entry.far_target, num_folds=5)
         np.testing.assert_array_equal(entry.thresholds, chosen)
@@ -233,8 +233,8 @@ def test_far_targets_the_pair_count_cannot_support_are_skipped():
     num_negative = int((~issame).sum())
     assert 100 <= num_negative < 1000
     result = verify(embeddings, issame)
-    assert [e.far_target for e in result.tar_at_far] == [1e-1, 1e-2]
-    assert result.skipped_far_targets == (1e-3, 1e-4, 1e-5, 1e-6)
+    assert [e.far_target for e in result.tar_at_far] == [1e-2, 1e-1]
+    assert result.skipped_far_targets == (1e-6, 1e-5, 1e-4, 1e-3)
     with pytest.raises(KeyError):
         result.tar(1e-3)
     assert verification.far_targets_supported(10**6, [1e-6])[0] == (1e-6,)
@@ -267,7 +267,7 @@ def test_auc_and_eer_extremes():
 
 def test_single_class_has_no_auc():
     embeddings, _ = unit_pairs(13, 20)
-    result = verify(embeddings, np.ones(20, bool), nrof_folds=4)
+    result = verify(embeddings, np.ones(20, bool), num_folds=4)
     assert math.isnan(result.auc) and math.isnan(result.eer)
     assert result.accuracy == np.mean(loop_evaluate(embeddings, np.ones(20, bool), 4)[2])
 
@@ -336,9 +336,9 @@ def test_bad_input_is_a_user_error(function):
     with pytest.raises(UserError, match="pair 3"):
         function(nan, issame)
     with pytest.raises(UserError, match="more than the 20 pairs"):
-        function(embeddings, issame, nrof_folds=21)
+        function(embeddings, issame, num_folds=21)
     with pytest.raises(UserError, match="integer >= 2"):
-        function(embeddings, issame, nrof_folds=1)
+        function(embeddings, issame, num_folds=1)
     with pytest.raises(UserError, match="2-D"):
         function(embeddings[0], issame)
     with pytest.raises(UserError, match="booleans"):
@@ -351,6 +351,6 @@ def test_other_bad_arguments():
         evaluate(embeddings, issame, pca=128)
     with pytest.raises(UserError, match=r"\(0, 1\)"):
         verify(embeddings, issame, far_targets=(0.0,))
-    result = verify(embeddings, issame, nrof_folds=2)
+    result = verify(embeddings, issame, num_folds=2)
     with pytest.raises(UserError, match="mask"):
         result.accuracy_on(np.ones(3, bool))

@@ -1,6 +1,6 @@
 """Input pipeline throughput, one process (= one DataLoader worker), against two baselines measured in the same run.
 
-    python bench/data_loader.py [--classes 60] [--per-class 50] [--rounds 5] [--data DIR]
+    python -m perf.data_loader [--classes 60] [--per-class 50] [--rounds 5] [--data DIR]
 
   raw decode      cv2.imdecode of the same JPEG bytes already in memory: the limit of any pipeline
   RecordDataset   ours: read from train.rec by key + decode to RGB + random flip -> uint8 CHW tensor
@@ -19,8 +19,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import cv2
 import numpy as np

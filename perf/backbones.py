@@ -1,7 +1,7 @@
 """Backbone throughput on this CPU: train step and inference images/s per backbone and precision / layout.
 
-    python bench/backbones.py [--models NAME ...] [--all] [--configs fp32 channels_last bf16]
-                              [--iters 2] [--deep-iters 1] [--small-iters 5] [--bf16-all] [--threads N]
+    python -m perf.backbones [--models NAME ...] [--all] [--configs fp32 channels_last bf16]
+                             [--iters 2] [--deep-iters 1] [--small-iters 5] [--bf16-all] [--threads N]
 
   train step   forward + backward + SGD step (momentum 0.9, weight decay 5e-4), batch 16, through a
                normalised-softmax classifier over 1000 classes (scale 64) so that the loss is realistic
@@ -26,9 +26,6 @@ import argparse
 import contextlib
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 import torch.nn.functional as F

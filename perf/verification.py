@@ -1,7 +1,7 @@
 """k-fold verification speed: verification.evaluate against the per-threshold loop (TreB1eN's
 `calculate_roc`, the common practice), measured in the same run on the same embeddings.
 
-    python bench/verification.py [--pairs 6000] [--dim 512] [--rounds 3]
+    python -m perf.verification [--pairs 6000] [--dim 512] [--rounds 3]
 
 LFW size by default: 6,000 pairs of L2-normalised float32 512-d embeddings, 10 folds. Prints both
 times (median over rounds), the speed-up (target >= 10x) and checks that both give identical
@@ -14,9 +14,6 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 

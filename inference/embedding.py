@@ -1,28 +1,28 @@
-"""Embedding images with a backbone: uint8 batches streamed from arrays or memmaps, flip TTA, channel order.
+"""Embedding images with a backbone: uint8 batches streamed from arrays or memmaps, flip TTA, input conventions.
 
-The one place where stored images become embeddings, for evaluation during training, eval.py and the
-facebank: a batch of uint8 RGB NCHW pixels is read (a memmap slice touches only those pages), put in the
-model's channel order, normalised on the device (`data.datasets.to_model_input`) and embedded. With
-`flip=True` the embedding is the L2-normalised sum of the embeddings of the image and its horizontal
-flip (TreB1eN's `tta`). Nothing but one batch is ever held as float.
+The one place where stored images become embeddings, for evaluation during training, eval.py, lfw_eval.py,
+megaface.py and the facebank: a batch of uint8 RGB NCHW pixels is read (a memmap slice touches only those
+pages), put in the model's channel order and normalised on the device (`inference.conventions`), and
+embedded. With `flip=True` the embedding is the L2-normalised sum of the embeddings of the image and its
+horizontal flip (TreB1eN's `tta`). Nothing but one batch is ever held as float.
 """
 from __future__ import annotations
-
-import contextlib
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.datasets import to_model_input
-from model import to_channel_order
+from inference.conventions import to_model_input
+from inference.runtime import autocast
+
 
 @torch.inference_mode()
 def embed_images(model: torch.nn.Module, images: np.ndarray, batch_size: int = 256,
-                 device: torch.device | str = "cpu", flip: bool = True, channel_order: str = "RGB",
+                 device: torch.device | str = "cpu", flip: bool = True, conventions: dict | None = None,
                  amp_dtype: torch.dtype | None = None, progress=None) -> np.ndarray:
     """L2-normalised float32 embeddings (N, E) of uint8 RGB images (N, 3, H, W), in batches.
 
+    `conventions`: the model's input conventions (channel order, mean, std; default ours, RGB);
     `amp_dtype` (torch.bfloat16 / torch.float16) runs the model under autocast; `progress(n)` is called
     after each batch.
     """
@@ -31,14 +31,12 @@ def embed_images(model: torch.nn.Module, images: np.ndarray, batch_size: int = 2
     was_training = model.training
     model.eval()
     device = torch.device(device)
-    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
-                else contextlib.nullcontext())
     chunks = []
     try:
         for start in range(0, len(images), batch_size):
             pixels = torch.from_numpy(np.array(images[start:start + batch_size]))  # reads the pages once
-            x = to_model_input(to_channel_order(pixels, channel_order), device)
-            with autocast:
+            x = to_model_input(pixels, device, conventions=conventions)
+            with autocast(device, amp_dtype):
                 embeddings = model(x).float()
                 if flip:
                     embeddings = embeddings + model(x.flip(3)).float()

@@ -1,7 +1,7 @@
 """Margin heads on CPU: forward + backward time and peak memory of every head, and PGAML / ArcFace.
 
-    python bench/heads.py [--classes 10000 100000] [--batch 128] [--embedding 512] [--reps 5] [--reps-large 3]
-                          [--threads 2] [--no-memory]
+    python -m perf.heads [--classes 10000 100000] [--batch 128] [--embedding 512] [--reps 5] [--reps-large 3]
+                         [--threads 2] [--no-memory]
 
   head step     MarginHead forward (normalise, cosines, margin) + cross-entropy + backward
   margin step   the margin alone on a given cosine matrix + cross-entropy + backward (what a
@@ -28,14 +28,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import torch
 import torch.nn.functional as F
 
 from heads import build_head, list_heads
 
 TARGET_RATIO = 1.1
+ROOT = Path(__file__).resolve().parent.parent  # the child runs as `python -m perf.heads` from here
 
 
 def make_inputs(batch: int, embedding_size: int, num_classes: int, seed: int = 0) -> dict:
@@ -141,12 +140,12 @@ def memory_child(num_classes: int, args) -> None:
 
 
 def measure_memory(num_classes: int, args) -> dict:
-    command = [sys.executable, __file__, "--memory-child", "--classes", str(num_classes),
+    command = [sys.executable, "-m", "perf.heads", "--memory-child", "--classes", str(num_classes),
                "--batch", str(args.batch), "--embedding", str(args.embedding), "--threads", str(args.threads)]
     # a fixed mmap threshold makes glibc map every large buffer afresh and unmap it on free, so the
     # resident set follows the live tensors, not the heap glibc keeps from earlier heads and steps
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
-    result = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, check=True, env=env, cwd=ROOT)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

@@ -1,6 +1,6 @@
 """Per-record rates of data/prepare_data.py's steps, projected to the full emore set, beside TreB1eN's way.
 
-    python bench/prepare_data.py [--records 40000] [--workers 2]
+    python -m perf.prepare_data [--records 40000] [--workers 2]
 
 Builds a .rec of `--records` synthetic 112x112 JPEGs (a few hundred distinct renders repeated: decode cost
 depends on the pixels, not on which face) and a .bin of 6,000 pairs, then times each step. The baseline,
@@ -15,8 +15,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from PIL import Image
 

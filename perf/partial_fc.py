@@ -1,7 +1,7 @@
 """Partial FC at a low sample rate against sample_rate 1.0 (model parallelism), both measured in this run.
 
-    python bench/partial_fc.py [--classes 1000000] [--embedding 512] [--batch 128] [--world 2]
-                               [--rates 0.1 1.0] [--steps 3] [--warmup 1] [--dense-low]
+    python -m perf.partial_fc [--classes 1000000] [--embedding 512] [--batch 128] [--world 2]
+                              [--rates 0.1 1.0] [--steps 3] [--warmup 1] [--dense-low]
 
 Each configuration runs in its own `--world` gloo processes on this CPU (one thread each), so the peaks of
 different rates never mix. Per process: ArcFace margin, `--batch` random embeddings per rank, random
@@ -32,8 +32,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 import torch.distributed as dist

@@ -4,11 +4,12 @@ pairs.txt (View 2): a header line `<folds>\t<pairs per fold>` (`10\t300`), then 
 `pairs per fold` matched lines `name\tn1\tn2` followed by as many mismatched lines
 `name1\tn1\tname2\tn2`. Image `n` of `name` is `<root>/<name>/<name>_<n:04d>.jpg`.
 
-`read_pairs` returns the pairs in file order, so that `verification.verify(..., nrof_folds=folds)`
+`read_pairs` returns the pairs in file order, so that `verification.verify(..., num_folds=folds)`
 with sequential folds reproduces the official folds exactly. `load_pair_images` reads the faces into
 the `(2P, 3, 112, 112)` uint8 RGB array the verification protocol expects (pair `i` is rows `2i`,
 `2i+1`), decoding each distinct file once: already aligned 112x112 files as they are, or raw photos
-through `PhotoAligner` (MTCNN + 5-point alignment, as foamliu/InsightFace-v2 evaluates LFW).
+through `faces.pipeline.PhotoAligner` (MTCNN + 5-point alignment, as foamliu/InsightFace-v2 evaluates
+LFW; `NO_FACE_CROP` where no face is found).
 """
 from __future__ import annotations
 
@@ -17,16 +18,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-from data.images import encode_jpeg, read_aligned_face, read_image_file
-from faces.alignment import align_face, crop_box
-from utils import UserError, atomic_write_bytes
+from data.images import read_aligned_face
+from faces.alignment import ALIGNED_SIZE
+from faces.pipeline import centre_square
+from utils import UserError
 
-ALIGNED_SIZE = 112
 # No face found: LFW centres each photo on its face (the photos are the Viola-Jones box enlarged), so
-# the fallback is a centred square this fraction of the photo's side -- the framing an aligned crop of
-# a typical LFW face has (an aligned 112 crop spans ~1.45x the MTCNN box, and LFW faces are ~85 px of
-# 250; LFWcrop's fixed face box is 83 px).
-FALLBACK_CROP_FRACTION = 0.5
+# the fallback is a centred square of half the photo's side -- the framing an aligned crop of a typical
+# LFW face has (an aligned 112 crop spans ~1.45x the MTCNN box, and LFW faces are ~85 px of 250;
+# LFWcrop's fixed face box is 83 px).
+NO_FACE_CROP = centre_square(0.5)
 
 
 class Pair(NamedTuple):
@@ -120,45 +121,11 @@ def read_aligned_file(path: Path) -> np.ndarray:
     return read_aligned_face(path, ALIGNED_SIZE, " (leave out --aligned to detect and align raw photos)")
 
 
-def centre_box(height: int, width: int) -> tuple[float, float, float, float]:
-    """The no-face fallback's (x, y, width, height): a centred square of FALLBACK_CROP_FRACTION of the
-    shorter side."""
-    side = FALLBACK_CROP_FRACTION * min(height, width)
-    return (width - side) / 2, (height - side) / 2, side, side
-
-
-class PhotoAligner:
-    """Raw photo file -> aligned 112x112 CHW face: MTCNN's most central face (`faces.mtcnn.central_face`)
-    aligned on its five landmarks, else the centred fallback crop (the file is then listed in
-    `no_face`). With `save_to`, each aligned face is also written as `<save_to>/<path relative to
-    root>` (JPEG quality 95), a folder `lfw_eval.py --aligned` reads back without detecting again."""
-
-    def __init__(self, detector, root: Path | None = None, save_to: Path | None = None):
-        self.detector, self.root, self.save_to = detector, root, save_to
-        self.no_face: list[Path] = []
-
-    def __call__(self, path: Path) -> np.ndarray:
-        from faces.mtcnn import central_face
-
-        rgb = read_image_file(path)
-        height, width = rgb.shape[:2]
-        face = central_face(self.detector.detect(rgb), height, width)
-        if face is None:
-            self.no_face.append(path)
-            aligned = crop_box(rgb, centre_box(height, width), ALIGNED_SIZE)
-        else:
-            aligned = align_face(rgb, face.landmarks, ALIGNED_SIZE)
-        if self.save_to is not None:
-            relative = path.relative_to(self.root) if self.root is not None else Path(path.name)
-            atomic_write_bytes(self.save_to / relative, encode_jpeg(aligned, quality=95), durable=False)
-        return aligned.transpose(2, 0, 1)
-
-
 def load_pair_images(pairs: list[Pair], progress=None, read_face=read_aligned_file) -> np.ndarray:
     """uint8 RGB `(2P, 3, 112, 112)`: pair `i` is rows `2i` and `2i+1`; each file is read once.
 
     `read_face(path)` gives one aligned CHW face: by default the file must already be an aligned
-    112x112 face (a UserError naming the file otherwise); pass a `PhotoAligner` for raw photos.
+    112x112 face (a UserError naming the file otherwise); pass a `faces.pipeline.PhotoAligner` for raw photos.
     `progress(n)` is called after each file.
     """
     paths = distinct_paths(pairs)

@@ -1,8 +1,8 @@
 """MegaFace-style identification speed and memory: identification.OpenSetEvaluator (streamed) against the
 straightforward full score matrix, measured in the same run on the same synthetic features.
 
-    python bench/megaface.py [--probes 1000] [--identities 100] [--distractors 100000] [--dim 512]
-                             [--streamed_only]
+    python -m perf.megaface [--probes 1000] [--identities 100] [--distractors 100000] [--dim 512]
+                            [--streamed_only]
 
 Probes: `--identities` identities with `--probes / --identities` images each (unit vectors around a
 random centre, mates at cosine ~0.2, so the ranking is not trivial); distractors: random unit vectors,
@@ -27,8 +27,6 @@ import re
 import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 

@@ -1,1 +1,0 @@
-"""Readers of the evaluation protocols' official data layouts (one file per benchmark)."""

@@ -1,0 +1,101 @@
+"""Verification sets and evaluating a model on them: embed (streamed from the uint8 memmaps), verify.
+
+A `ValSet` is a named set of pairs: uint8 RGB images `(2P, 3, H, W)` (pair i = rows 2i, 2i+1), `issame`
+`(P,)` and optionally per-image pose `(2P, 2)` (yaw, pitch). `ValSet.load` opens a prepared one
+(`data.valsets`, memory-mapped: nothing is held in RAM); one can also be built from arrays (a fold of a
+data set, a user's own pairs). Where a set has poses, accuracy is also reported on frontal pairs (both
+|yaw| < 30) and profile pairs (either |yaw| >= 60): the pairs PGAML is meant to help.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.valsets import KNOWN_VALSETS, load_valset, load_valset_pose
+from inference.embedding import embed_images
+from utils import UserError
+from verification import VerificationResult, verify
+
+FRONTAL_YAW, PROFILE_YAW = 30.0, 60.0
+
+
+@dataclass
+class ValSet:
+    name: str
+    images: np.ndarray            # uint8 (2P, 3, H, W), RGB; a memmap for prepared sets
+    issame: np.ndarray            # bool (P,)
+    pose: np.ndarray | None = None  # float32 (2P, 2) yaw, pitch in degrees
+
+    @classmethod
+    def load(cls, data_path: str | Path, name: str) -> "ValSet":
+        images, issame = load_valset(data_path, name)
+        return cls(name, images, issame, load_valset_pose(data_path, name))
+
+
+@dataclass
+class SetResult:
+    name: str
+    result: VerificationResult
+    frontal_accuracy: float = float("nan")
+    profile_accuracy: float = float("nan")
+    num_frontal: int = 0
+    num_profile: int = 0
+
+    def scalars(self) -> dict[str, float]:
+        out = self.result.scalars()
+        if self.num_frontal:
+            out["accuracy_frontal"] = self.frontal_accuracy
+        if self.num_profile:
+            out["accuracy_profile"] = self.profile_accuracy
+        return out
+
+
+def available_valsets(data_path: str | Path) -> list[str]:
+    """Prepared val sets under `data_path`, the customary ones first."""
+    root = Path(data_path)
+    found = sorted(p.parent.name for p in root.glob("*/issame.npy"))
+    return [n for n in KNOWN_VALSETS if n in found] + [n for n in found if n not in KNOWN_VALSETS]
+
+
+def resolve_valsets(data_path: str | Path, requested: str) -> list[str]:
+    """'all' or a comma-separated list, checked against what is prepared (one clear error otherwise)."""
+    available = available_valsets(data_path)
+    if requested == "all":
+        if not available:
+            raise UserError(f"{data_path}: no prepared val sets (<name>/images.npy + issame.npy); "
+                            f"run python data/prepare_data.py --source {data_path}")
+        return available
+    names = [n.strip() for n in requested.split(",") if n.strip()]
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise UserError(f"--val_sets: {', '.join(missing)} not prepared under {data_path} "
+                        f"(available: {', '.join(available) or 'none'})")
+    return names
+
+
+def pose_strata(pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(frontal, profile) pair masks from per-image yaw (pairs are images 2i, 2i+1)."""
+    yaw = np.abs(pose[:, 0]).reshape(-1, 2)
+    return (yaw < FRONTAL_YAW).all(axis=1), (yaw >= PROFILE_YAW).any(axis=1)
+
+
+def evaluate_set(model: torch.nn.Module, valset: ValSet, batch_size: int = 256, device: torch.device | str = "cpu",
+             flip: bool = True, conventions: dict | None = None, num_folds: int = 10,
+             amp_dtype: torch.dtype | None = None, progress=None) -> SetResult:
+    """k-fold verification of `model` on `valset`, with the frontal / profile strata where it has poses."""
+    embeddings = embed_images(model, valset.images, batch_size, device, flip, conventions, amp_dtype, progress)
+    outcome = SetResult(valset.name, verify(embeddings, valset.issame, num_folds))
+    if valset.pose is not None:
+        frontal, profile = pose_strata(valset.pose)
+        outcome.num_frontal, outcome.num_profile = int(frontal.sum()), int(profile.sum())
+        outcome.frontal_accuracy = outcome.result.accuracy_on(frontal)
+        outcome.profile_accuracy = outcome.result.accuracy_on(profile)
+    return outcome
+
+
+def evaluate_valset(model: torch.nn.Module, data_path: str | Path, name: str, **options) -> SetResult:
+    """`evaluate_set` on the prepared set `name` under `data_path` (options as `evaluate_set`'s)."""
+    return evaluate_set(model, ValSet.load(data_path, name), **options)

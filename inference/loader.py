@@ -1,0 +1,61 @@
+"""One model loader for every consumer: eval.py, lfw_eval.py, megaface.py (and the facebank, embed.py).
+
+`load_model(path, net, device)` opens a weights file of any family `inference.weights` reads and returns a
+`LoadedModel`: the network on its device in eval mode, with the input conventions its weights were trained
+with, so every consumer feeds it the same way (`LoadedModel.embed`). `add_model_arguments` gives each
+command the same `--model / --net / --device` flags.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from inference.conventions import INPUT_CONVENTIONS
+from inference.embedding import embed_images
+from inference.runtime import default_device, resolve_device
+from inference.weights import load_backbone_weights
+from model import list_backbones
+
+
+@dataclass
+class LoadedModel:
+    network: torch.nn.Module
+    conventions: dict        # channel_order, mean, std, input_size
+    device: torch.device
+    name: str                # the backbone, e.g. 'ir_se_50'
+    source: str              # 'ours', 'treb1en' or 'arcface_torch'
+    path: Path
+
+    def embed(self, images: np.ndarray, batch_size: int = 256, flip: bool = True,
+              amp_dtype: torch.dtype | None = None, progress=None) -> np.ndarray:
+        """L2-normalised float32 embeddings of uint8 RGB NCHW images (`inference.embedding.embed_images`)."""
+        return embed_images(self.network, images, batch_size, self.device, flip, self.conventions, amp_dtype,
+                            progress)
+
+    def describe(self) -> str:
+        return f"{self.path}: {self.name} ({self.source} weights, {self.conventions['channel_order']} input)"
+
+
+def load_model(weights_path: str | Path, net: str | None = None, device: str = "cpu") -> LoadedModel:
+    """The backbone of a weights file on `device` (`--device` syntax, 'auto' allowed), in eval mode.
+
+    `net` names the architecture where the file's keys cannot tell it; errors are one-line UserErrors."""
+    target = resolve_device(device)
+    network, meta = load_backbone_weights(net, weights_path)
+    network.to(target).eval()
+    conventions = {key: meta[key] for key in INPUT_CONVENTIONS}
+    return LoadedModel(network, conventions, target, meta["backbone"], meta["source"], Path(weights_path))
+
+
+def add_model_arguments(parser, required: bool = True, prefix: str = "") -> None:
+    """`--model`, `--net`, `--device` as every command that runs a model spells them (`prefix` starts the help,
+    e.g. 'gen_features: ')."""
+    parser.add_argument("--model", type=Path, required=required,
+                        help=f"{prefix}weights file: a checkpoint or model_*.pth of ours, TreB1eN's or arcface_torch's")
+    parser.add_argument("--net", default=None, choices=list_backbones(),
+                        help=f"{prefix}architecture, when it cannot be recognised from the file")
+    parser.add_argument("--device", default=default_device(),
+                        help=f"{prefix}where the model runs: cpu, cuda, cuda:N (default: %(default)s)")

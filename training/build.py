@@ -1,0 +1,112 @@
+"""Building a run's parts from its Config: device, backbone (fresh or pretrained), margin, optimiser groups,
+the DDP/compile wrapper, and the val sets evaluated during training."""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from torch import nn
+
+from config import Config
+from evaluation.sets import ValSet, resolve_valsets
+from heads import build_margin
+from inference.conventions import INPUT_CONVENTIONS
+from inference.weights import load_backbone_weights
+from model import build_backbone
+from utils import UserError
+
+log = logging.getLogger(__name__)
+
+
+class Features(nn.Module):
+    """The backbone's (unit embedding, feature norm): one forward for DDP to wrap (DDP hooks only forward)."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.backbone.forward_with_norm(x)
+
+
+def backbone_for(config: Config, device: torch.device) -> tuple[nn.Module, dict]:
+    """The backbone on `device` and the input conventions to feed it (those of --pretrained weights)."""
+    options = {} if config.drop_ratio is None or config.net_mode == "mobilefacenet" else {"drop_ratio": config.drop_ratio}
+    backbone = build_backbone(config.backbone_name, embedding_size=config.embedding_size, **options)
+    conventions = dict(INPUT_CONVENTIONS)
+    if config.pretrained:
+        backbone, meta = load_backbone_weights(backbone, config.pretrained)
+        # keep feeding the channel order the weights were trained on (TreB1eN's are BGR)
+        conventions.update({k: meta[k] for k in INPUT_CONVENTIONS})
+        log.info("starting from %s (%s weights, %s input)", config.pretrained, meta["source"], meta["channel_order"])
+    backbone.to(device)
+    if config.channels_last:
+        backbone.to(memory_format=torch.channels_last)
+    return backbone, conventions
+
+
+def margin_for(config: Config) -> nn.Module:
+    options = dict(config.head_options)
+    if config.head == "pgaml" and config.pose_schedule:
+        options.setdefault("warmup_epochs", config.pose_schedule)
+    elif config.pose_schedule:
+        raise UserError("--pose_schedule applies to --head pgaml only")
+    return build_margin(config.head, **options)
+
+
+def wrap_for_training(backbone: nn.Module, device: torch.device, distributed: bool, compile: bool) -> nn.Module:
+    model = Features(backbone)
+    if distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if compile:
+        model = torch.compile(model)
+    return model
+
+
+def param_groups(backbone: nn.Module, kernel: nn.Parameter, config: Config) -> list[dict]:
+    """TreB1eN's weight decay: none on BatchNorm and biases; MobileFaceNet's layers before its embedding
+    layer get a tenth of it (TreB1eN: 4e-5 there, 4e-4 on the embedding layer and the centres)."""
+    decay, no_decay = [], []
+    for module in backbone.modules():
+        for name, param in module.named_parameters(recurse=False):
+            is_norm = isinstance(module, nn.modules.batchnorm._BatchNorm)
+            (no_decay if is_norm or name == "bias" else decay).append(param)
+    wd = config.weight_decay
+    if config.net_mode == "mobilefacenet":
+        return [{"params": decay[:-1], "weight_decay": wd / 10},
+                {"params": decay[-1:] + [kernel], "weight_decay": wd},
+                {"params": no_decay, "weight_decay": 0.0}]
+    return [{"params": decay + [kernel], "weight_decay": wd},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def val_sets_for(config: Config, given=None) -> list[ValSet]:
+    """The val sets evaluated during training: `given` (ValSets, or names of prepared sets under the data
+    path), else the config's `val_sets` ('none' disables evaluation; the default list takes whichever of
+    TreB1eN's three are prepared)."""
+    if given is not None:
+        return [v if isinstance(v, ValSet) else ValSet.load(config.data_path, v) for v in given]
+    if config.val_sets == "none":
+        return []
+    if config.val_sets != Config.val_sets:
+        names = resolve_valsets(config.data_path, config.val_sets)
+    else:
+        try:
+            prepared = resolve_valsets(config.data_path, "all")
+        except UserError:
+            prepared = []
+        names = [name for name in config.val_sets.split(",") if name in prepared]
+        if not names:
+            log.warning("%s: none of %s is prepared; training without evaluation", config.data_path, config.val_sets)
+    return [ValSet.load(config.data_path, name) for name in names]
+
+
+def set_determinism(deterministic: bool) -> None:
+    if torch.backends.cudnn.is_available():
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
