@@ -12,7 +12,7 @@ import logging
 from config import Config
 from utils import CliParser, UserError, atomic_write_text, run_cli, setup_logging
 
-# Settings that learn on the synthetic faces from scratch in a few CPU minutes (see NOTES-synthetic.md:
+# Settings that learn on the synthetic faces from scratch in a few CPU minutes (measured:
 # s=64, m=0.5 stalls from scratch at this scale); PGAML's margin grows from ArcFace's m to m + m2.
 HEADS = {
     "arcface": {"s": 16.0, "m": 0.3},

@@ -184,7 +184,7 @@ def pose_ratio(yaw_deg: torch.Tensor, height_m: torch.Tensor | None = None) -> t
 
 
 class PGAML(Margin):
-    """Pose-Guided Angular Margin Loss (this project, DESIGN.md): ArcFace with m_i = m1 + m2*r_i from yaw/height.
+    """Pose-Guided Angular Margin Loss (this project, ARCHITECTURE.md): ArcFace with m_i = m1 + m2*r_i from yaw/height.
 
     A sample with unknown pose (NaN yaw) gets r_i = 0, the plain ArcFace margin m1. With
     `warmup_epochs` > 0 the pose term ramps linearly from 0 to m2 over that many epochs (`set_epoch`).

@@ -170,6 +170,8 @@ class Learner:
             record = StepRecord(p.step, loss, self.global_batch, started - waited_from, time.perf_counter() - started)
             self._call(hooks, "after_step", record)
             self.stop_reason = self._stop_reason_agreed()
+            if p.samples_in_epoch >= self.steps_per_epoch * self.global_batch:
+                break  # the epoch's last batch: the epoch is complete even if the run ends here
             if p.step >= last_step or self.stop_reason:
                 return
             waited_from = time.perf_counter()

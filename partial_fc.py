@@ -27,7 +27,7 @@ one optimiser serves the whole model; `torch.amp.GradScaler` unscales the sparse
 `torch.nn.utils.clip_grad_norm_` does not take sparse gradients: leave `kernel` out of clipping. At
 sample_rate 1.0 the gradient is dense, as before, and any optimiser works.
 
-What it buys (bench/partial_fc.py: 1M classes, 2 gloo processes, batch 128 per rank, embedding 512, CPU,
+What it buys (`python -m perf.partial_fc`: 1M classes, 2 gloo processes, batch 128 per rank, embedding 512, CPU,
 SGD momentum 0.9 + weight decay inside the timed step): sample_rate 0.1 against 1.0 takes 1.2 s a step
 instead of 12.3 s (10x). Peak RSS per process is 2.5 GiB against 4.1 GiB, only 1.65x less: the centres
 (0.95 GiB per rank) and their momentum buffer (0.95 GiB) are stored at every rate. What sampling can

@@ -22,18 +22,18 @@ from verification import evaluate, verify
 TARGET_SPEEDUP = 10.0
 
 
-def loop_evaluate(embeddings, actual_issame, nrof_folds=10):
+def loop_evaluate(embeddings, actual_issame, num_folds=10):
     """The usual implementation: for every fold, one pass over the pairs per threshold."""
     thresholds = np.arange(0, 4, 0.01)
     dist = distances(embeddings)
     issame = np.asarray(actual_issame)
     num_pairs = len(issame)
-    tprs = np.zeros((nrof_folds, len(thresholds)))
-    fprs = np.zeros((nrof_folds, len(thresholds)))
-    accuracy, best_thresholds = np.zeros(nrof_folds), np.zeros(nrof_folds)
+    tprs = np.zeros((num_folds, len(thresholds)))
+    fprs = np.zeros((num_folds, len(thresholds)))
+    accuracy, best_thresholds = np.zeros(num_folds), np.zeros(num_folds)
     start = 0
-    for fold in range(nrof_folds):
-        size = num_pairs // nrof_folds + (fold < num_pairs % nrof_folds)
+    for fold in range(num_folds):
+        size = num_pairs // num_folds + (fold < num_pairs % num_folds)
         test = np.arange(start, start + size)
         train = np.setdiff1d(np.arange(num_pairs), test)
         start += size

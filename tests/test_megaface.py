@@ -1,4 +1,4 @@
-"""MegaFace challenge 1: the official layouts and formats (benchmarks/megaface.py) and megaface.py end to end
+"""MegaFace challenge 1: the official layouts and formats (evaluation/protocols/megaface.py) and megaface.py end to end
 on a tiny generated FaceScrub / MegaFace set with JSON landmarks."""
 import json
 import struct

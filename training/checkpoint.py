@@ -1,6 +1,6 @@
 """Training checkpoints: one file per save, written atomically, loaded with `weights_only=True`.
 
-Contents (DESIGN.md): `format`, `model` (backbone state_dict), `input` (channel order, mean, std, input
+Contents (ARCHITECTURE.md, "Checkpoints"): `format`, `model` (backbone state_dict), `input` (channel order, mean, std, input
 size), `head` (all class centres gathered whole, so any world size can resume), `margin` (the margin's
 running statistics), `optimizer` (the backbone's part), `head_optimizer` (the centres' momentum, gathered
 whole), `scaler`, `step`, `epoch`, `samples_in_epoch` (the sampler position), `rng` (every rank's

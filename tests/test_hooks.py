@@ -1,0 +1,104 @@
+"""training/hooks.py and the Learner's parts: hooks called at fixed points, a dataset and val sets passed in,
+stops asked for by a hook, and the bar closed whatever ends the run."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from data.datasets import open_dataset
+from evaluation import ValSet
+from learner import Learner
+from tests.test_learner import small_config
+from training.checkpoint import list_checkpoints
+from training.hooks import Hook, Intervals, TrainLog
+
+
+class Recorder(Hook):
+    def __init__(self, stop_at: int | None = None, fail_at: int | None = None):
+        self.calls: list[str] = []
+        self.stop_at, self.fail_at = stop_at, fail_at
+
+    def before_train(self, learner):
+        self.calls.append("before_train")
+
+    def before_step(self, learner):
+        self.calls.append("before_step")
+
+    def after_step(self, learner, record):
+        assert record.samples == learner.global_batch and record.compute_s > 0 and record.data_wait_s >= 0
+        self.calls.append(f"after_step {record.step}")
+        if record.step == self.stop_at:
+            learner.request_stop("the recorder")
+        if record.step == self.fail_at:
+            raise RuntimeError("hook failed")
+
+    def after_epoch(self, learner):
+        self.calls.append(f"after_epoch {learner.progress.epoch}")
+
+    def after_train(self, learner):
+        self.calls.append("after_train")
+
+    def close(self, learner):
+        self.calls.append("close")
+
+
+class FirstImages:
+    """A data set limited to its first `count` images: what a fold's subset looks like to the Learner."""
+
+    def __init__(self, dataset, count: int):
+        self.dataset, self.count = dataset, count
+        self.num_classes, self.side_info = dataset.num_classes, dataset.side_info
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int):
+        return self.dataset[index]
+
+
+def in_memory_valset(train_data) -> ValSet:
+    lfw = ValSet.load(train_data, "lfw")
+    return ValSet("mine", np.array(lfw.images[:40]), np.array(lfw.issame[:20]), None)
+
+
+def test_hooks_are_called_at_fixed_points_with_parts_passed_in(train_data, tmp_path):
+    config = small_config(train_data, tmp_path / "run", epochs=2, save_every=100, eval_every=3)
+    recorder = Recorder()
+    dataset = FirstImages(open_dataset(train_data, config.augment, config.seed), 40)
+    learner = Learner(config, dataset=dataset, val_sets=[in_memory_valset(train_data)], hooks=[recorder])
+    assert learner.steps_per_epoch == 5
+    learner.train()
+    steps = [c for step in range(1, 11) for c in ("before_step", f"after_step {step}")]
+    assert recorder.calls == (["before_train"] + steps[:10] + ["after_epoch 1"] + steps[10:] + ["after_epoch 2"]
+                              + ["after_train", "close"])
+    assert [r.name for r in learner.last_results] == ["mine"] and learner.last_results[0].result.num_positive == 10
+    assert (tmp_path / "run" / "save" / "model_best.pth").is_file()
+
+
+def test_a_hook_can_stop_the_run_and_the_checkpoint_is_written(train_data, tmp_path):
+    recorder = Recorder(stop_at=3)
+    learner = Learner(small_config(train_data, tmp_path / "run", save_every=100), hooks=[recorder])
+    progress = learner.train()
+    assert progress.step == 3 and learner.stop_reason == "the recorder"
+    assert [p.name for p in list_checkpoints(tmp_path / "run" / "save")] == ["checkpoint_step00000003.pt"]
+    assert recorder.calls[-2:] == ["after_train", "close"]
+
+
+def test_close_runs_when_a_hook_fails(train_data, tmp_path):
+    recorder = Recorder(fail_at=2)
+    learner = Learner(small_config(train_data, tmp_path / "run"), hooks=[recorder])
+    with pytest.raises(RuntimeError, match="hook failed"):
+        learner.train()
+    assert recorder.calls[-1] == "close" and "after_train" not in recorder.calls
+    train_log = next(h for h in learner.hooks if isinstance(h, TrainLog))
+    assert train_log.bar.disable or train_log.bar.n == 2
+
+
+def test_default_intervals_follow_treb1en_rates():
+    config = small_config("unused", "unused", log_every=0, eval_every=0, save_every=0)
+    assert Intervals.from_config(config, 1000) == Intervals(log=10, eval=100, save=200)
+    assert Intervals.from_config(config, 3) == Intervals(log=1, eval=1, save=1)
+    assert Intervals.from_config(small_config("u", "u", eval_every=7), 1000).eval == 7
