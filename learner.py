@@ -33,7 +33,7 @@ from partial_fc import SGD, PartialFC
 from training import build, distributed
 from training.hooks import Evaluation, Hook, LRFinder, StepRecord, default_hooks
 from training.run_log import RunLog
-from training.run_state import restore_run, resume, save_run
+from training.run_state import check_work_path, restore_run, resume, save_run
 from training.schedule import lr_at, set_lr
 from utils import UserError, seed_everything
 
@@ -59,6 +59,7 @@ class Learner:
         `evaluation.ValSet`s or names of prepared sets, default the config's `val_sets`; `hooks`: called
         after the default ones (`training.hooks`)."""
         self.config = config
+        check_work_path(config)
         self.device = resolve_device(config.device)
         self.dist = distributed.init_from_env(self.device.type)
         if self.device.type == "cuda" and config.device == "auto":
@@ -94,10 +95,10 @@ class Learner:
         self.stop_reason: str | None = None
         main_val_sets = build.val_sets_for(config, val_sets) if self.dist.is_main else []
         self.hooks = default_hooks(self, main_val_sets) + list(hooks)
-        resume_step = resume(self) if config.resume else None
+        resume_step = None
+        if config.resume:  # a run resumed, or begun again where no checkpoint was left: its log from there
+            resume_step = resume(self) or 0
         self.run_log = RunLog(self.work_path / "log", enabled=self.dist.is_main, resume_step=resume_step)
-        if self.dist.is_main:
-            config.save(self.work_path / "config.json")
 
     @property
     def steps_per_epoch(self) -> int:
@@ -125,6 +126,8 @@ class Learner:
         total = self.steps_per_epoch * self.config.epochs
         last = min(total, self.config.max_steps) if self.config.max_steps else total
         self._log_start(total, last)
+        if self.dist.is_main:  # only a run that starts records its settings (a failed resume leaves them)
+            self.config.save(self.work_path / "config.json")
         try:
             return self._run(self.hooks, last)
         finally:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 from pathlib import Path
 
 import cv2
@@ -333,5 +334,16 @@ def build_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, shuffl
         pin_memory = torch.cuda.is_available()
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       collate_fn=collate_batch, pin_memory=pin_memory, drop_last=drop_last,
-                      prefetch_factor=4 if num_workers > 0 else None,
+                      prefetch_factor=4 if num_workers > 0 else None, worker_init_fn=ignore_stop_signals,
                       generator=torch.Generator().manual_seed(seed))
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """In a DataLoader worker: SIGINT and SIGTERM are the main process's to handle.
+
+    `timeout`, systemd, SLURM and Kubernetes signal the whole process group. A worker that died of the
+    signal would make the main process's next batch raise ("DataLoader worker ... killed by signal"), and
+    one that ran the inherited handler would log the stop twice; ignoring them lets the main process finish
+    its step, save and shut the workers down itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -11,11 +11,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from config import Config
+from inference.weights import load_backbone_weights
+from learner import Learner
 from training import schedule
 from training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from config import Config
-from learner import Learner
-from inference.weights import load_backbone_weights
+from training.hooks import Checkpointing
 from training.run_log import read_scalars
 from utils import UserError
 
@@ -123,10 +124,48 @@ def test_pgaml_without_pose_is_a_clear_error(train_data, tmp_path):
         Learner(small_config(data, tmp_path / "run"))
 
 
-def test_resume_refuses_another_architecture(train_data, tmp_path):
+def test_resume_refuses_another_architecture_and_leaves_config_json(train_data, tmp_path):
     Learner(small_config(train_data, tmp_path / "run", max_steps=2)).train()
+    saved = (tmp_path / "run" / "config.json").read_text()
     with pytest.raises(UserError, match="trained with --embedding_size 64, not 128"):
-        Learner(small_config(train_data, tmp_path / "run", embedding_size=128, resume="auto"))
+        Learner(small_config(train_data, tmp_path / "run", embedding_size=128, epochs=5, resume="auto"))
+    assert (tmp_path / "run" / "config.json").read_text() == saved  # a run that did not start records nothing
+
+
+def folder_contents(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_new_run_never_writes_into_another_runs_folder(train_data, tmp_path):
+    work = tmp_path / "run"
+    first = small_config(train_data, work, max_steps=4)
+    Learner(first).train()
+    before = folder_contents(work)
+    with pytest.raises(UserError, match=r"run holds a run \(checkpoint at step 4\); pass --resume auto to continue it"):
+        Learner(first.replace(lr=0.01))
+    other = tmp_path / "other"
+    Learner(small_config(train_data, other, max_steps=2)).train()
+    with pytest.raises(UserError, match="holds a run"):  # another run's checkpoint, resumed into this folder
+        Learner(first.replace(resume=str(other / "save" / "checkpoint_step00000002.pt")))
+    assert folder_contents(work) == before
+    # --resume auto continues the run the folder holds, and only that one
+    resumed = Learner(first.replace(max_steps=6, resume="auto"))
+    assert resumed.progress.step == 4
+    resumed.train()
+    assert sorted(losses(work)) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_refused_then_begun_again(train_data, tmp_path):
+    work = tmp_path / "run"
+    first = small_config(train_data, work, max_steps=3, save_every=100)
+    learner = Learner(first)
+    learner.hooks = [h for h in learner.hooks if not isinstance(h, Checkpointing)]  # as if killed before a save
+    learner.train()
+    assert not list_checkpoints(work / "save") and sorted(losses(work)) == [1, 2, 3]
+    with pytest.raises(UserError, match="holds the logs of a run"):
+        Learner(first)
+    Learner(first.replace(max_steps=2, resume="auto")).train()  # no checkpoint: begun again, its log afresh
+    assert sorted(losses(work)) == [1, 2]
 
 
 def test_find_lr_restores_the_model_and_plots(train_data, tmp_path):

@@ -108,6 +108,26 @@ def test_a_signal_saves_and_exits_cleanly(train_data, tmp_path, sig):
     assert saved["step"] >= 2 and saved["step"] == max(losses(work))
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_process_group_with_loader_workers_saves_once(train_data, tmp_path, sig):
+    """What `timeout`, systemd, SLURM and Kubernetes do (and Ctrl-C in a terminal): signal every process of
+    the group, DataLoader workers included."""
+    work = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "train.py", *map(str, [*SMALL, "-w", 2, "--data_path", train_data,
+                                                                     "--work_path", work, "--save_every", 100])],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    wait_for_step(work, 2, process)
+    os.killpg(process.pid, sig)
+    assert process.wait(timeout=120) == 0
+    stderr = process.stderr.read()
+    assert "Traceback" not in stderr and "killed by signal" not in stderr, stderr
+    assert stderr.count(f"{sig.name}: saving a checkpoint") == 1, stderr
+    assert f"stopped by {sig.name}" in stderr and "resume with --resume auto" in stderr
+    saved = load_checkpoint(list_checkpoints(work / "save")[0])
+    assert saved["step"] >= 2 and saved["step"] == max(losses(work))
+
+
 def test_saved_config_reproduces_the_run(train_data, tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     assert train(*SMALL, "--data_path", train_data, "--work_path", first, "--max_steps", 2,

@@ -58,6 +58,11 @@ def load_checkpoint(path: str | Path) -> dict:
     return state
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The step a checkpoint file's name records."""
+    return int(_NAME.search(Path(path).name).group(1))
+
+
 def list_checkpoints(save_dir: str | Path) -> list[Path]:
     """Checkpoint files in `save_dir`, newest step first."""
     found = [(int(m.group(1)), p) for p in Path(save_dir).glob("checkpoint_step*.pt") if (m := _NAME.search(p.name))]

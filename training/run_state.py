@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 from inference.weights import save_backbone_weights
 from training import distributed
-from training.checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, rng_state,
-                                 save_checkpoint, set_rng_state)
+from training.checkpoint import (checkpoint_path, checkpoint_step, latest_checkpoint, list_checkpoints, load_checkpoint,
+                                 prune_checkpoints, rng_state, save_checkpoint, set_rng_state)
 from utils import UserError, seed_everything
 
 if TYPE_CHECKING:
@@ -80,6 +80,28 @@ def _check_compatible(learner: "Learner", state: dict, path) -> None:
     if state["head"]["kernel"].shape[1] != learner.num_classes:
         raise UserError(f"{path}: has {state['head']['kernel'].shape[1]} classes; "
                         f"{config.data_path} has {learner.num_classes}")
+
+
+def check_work_path(config) -> None:
+    """A run never writes into a folder that holds another run: without --resume, a work path with
+    checkpoints or logged steps is refused (before anything is written), as is --resume PATH from elsewhere
+    into it. `--resume auto` continues the run the folder holds."""
+    work_path = Path(config.work_path)
+    save_dir = work_path / "save"
+    if config.resume == "auto":
+        return
+    found = list_checkpoints(save_dir)
+    if config.resume is not None and (not found or Path(config.resume).resolve().parent == save_dir.resolve()):
+        return
+    scalars = work_path / "log" / "scalars.jsonl"
+    if found:
+        held = f"a run (checkpoint at step {checkpoint_step(found[0])})"
+    elif scalars.is_file() and scalars.stat().st_size:
+        held = f"the logs of a run ({scalars})"
+    else:
+        return
+    raise UserError(f"{work_path} holds {held}; pass --resume auto to continue it, or a new --work_path "
+                    "for a new run")
 
 
 def resume(learner: "Learner") -> int | None:
