@@ -51,7 +51,8 @@ class Config:
     # data
     data_path: str = "data/faces_emore"   # a RecordIO folder (train.rec) or an image folder (imgs/<class>/...)
     work_path: str = "work_space"         # outputs: config.json, save/, log/, history/
-    num_workers: int = 3
+    num_workers: int | None = None        # DataLoader processes per training process (None: chosen from the cores)
+    num_threads: int | None = None        # torch threads per training process (None: chosen from the free cores)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # model
     net_mode: str = "ir_se"
@@ -106,9 +107,13 @@ class Config:
                      "val_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"--{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("num_workers", "log_every", "eval_every", "save_every"):
+        for name in ("log_every", "eval_every", "save_every"):
             if int(getattr(self, name)) < 0:
                 raise UserError(f"--{name} must not be negative, not {getattr(self, name)}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise UserError(f"--num_workers must not be negative, not {self.num_workers}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise UserError(f"--num_threads must be at least 1, not {self.num_threads}")
         if self.max_steps is not None and self.max_steps < 1:
             raise UserError(f"--max_steps must be at least 1, not {self.max_steps}")
         if not self.lr > 0:

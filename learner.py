@@ -67,6 +67,8 @@ class Learner:
             torch.cuda.set_device(self.device)
         seed_everything(config.seed + self.dist.rank)
         build.set_determinism(config.deterministic)
+        self.cpu = build.cpu_plan(config, self.device, self.dist.local_world_size)
+        torch.set_num_threads(self.cpu.threads)
         self.work_path = Path(config.work_path)
         self.save_dir, self.history_dir = self.work_path / "save", self.work_path / "history"
         self.amp_dtype = AMP_DTYPES[config.amp]
@@ -86,7 +88,7 @@ class Learner:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
         self.sampler = ResumableSampler(len(self.dataset), config.batch_size, self.dist.rank,
                                         self.dist.world_size, config.seed)
-        self.loader = build_loader(self.dataset, config.batch_size, config.num_workers, seed=config.seed,
+        self.loader = build_loader(self.dataset, config.batch_size, self.cpu.workers, seed=config.seed,
                                    sampler=self.sampler, pin_memory=self.device.type == "cuda")
         self.progress = Progress()
         self.lr = config.lr
@@ -237,8 +239,9 @@ class Learner:
         c = self.config
         planned = f"{last} steps" if last == total else f"{last} of {total} steps (--max_steps)"
         log.info("%s + %s on %d images of %d classes (%s); %d processes x batch %d, %d steps/epoch, %s; "
-                 "outputs in %s", c.backbone_name, c.head, len(self.dataset), self.num_classes, c.data_path,
-                 self.dist.world_size, c.batch_size, self.steps_per_epoch, planned, self.work_path)
+                 "%s on %s; outputs in %s", c.backbone_name, c.head, len(self.dataset), self.num_classes, c.data_path,
+                 self.dist.world_size, c.batch_size, self.steps_per_epoch, planned, self.cpu.describe(),
+                 self.device, self.work_path)
 
     # ------------------------------------------------------------------------------- state and stopping
 

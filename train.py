@@ -37,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("-d", "--data_mode", help="TreB1eN's data set name: emore, ms1m or vgg "
                         "(= --data_path data/faces_<name>); --data_path wins when both are given")
     flag("--work_path", help="outputs: config.json, save/ (checkpoints, model_*.pth), log/ (TensorBoard), history/")
-    flag("-w", "--num_workers", type=int, help="data loading processes per training process")
+    flag("-w", "--num_workers", type=int, help="data loading processes per training process (default: 1 on a CPU "
+                                                "device, half the cores up to 8 on a GPU)")
+    flag("--num_threads", type=int, help="torch threads per training process (default: the cores other jobs "
+                                         "leave free on a CPU device; all cores with --deterministic)")
     for name in AUGMENT_FLAGS:
         group.add_argument(f"--{name}", type=float, help=f"augmentation probability "
                             f"(default: {getattr(AugmentConfig, name)}; see README)")

@@ -1,6 +1,7 @@
 """The Learner on a small synthetic emore folder: outputs, exact resume, faults, LR finder, distributed runs."""
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -281,3 +282,11 @@ def test_a_checkpoint_killed_mid_write_leaves_the_previous_one(train_data, tmp_p
     after = {p.name: p.read_bytes() for p in (tmp_path / "run" / "save").iterdir()}
     assert after == before  # no new file, no temporary left, the old ones untouched
     assert latest_checkpoint(tmp_path / "run" / "save")[1]["step"] == 2
+
+
+def test_the_start_line_says_what_the_run_does(train_data, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="learner"):
+        Learner(small_config(train_data, tmp_path / "run", max_steps=2, num_threads=1)).train()
+    line = next(r.getMessage() for r in caplog.records if "steps/epoch" in r.getMessage())
+    assert "10 steps/epoch, 2 of 30 steps (--max_steps)" in line
+    assert "0 data workers, 1 torch thread (" in line and "on cpu" in line

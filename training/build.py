@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -101,6 +102,43 @@ def val_sets_for(config: Config, given=None) -> list[ValSet]:
         if not names:
             log.warning("%s: none of %s is prepared; training without evaluation", config.data_path, config.val_sets)
     return [ValSet.load(config.data_path, name) for name in names]
+
+
+@dataclass
+class CpuPlan:
+    """How a training process uses the host's cores: DataLoader workers and torch's intra-op threads."""
+    workers: int
+    threads: int
+    cores: int           # cores this process may use (its affinity, shared among the ranks on the machine)
+    load: float          # the machine's 1-minute load average when the run started
+
+    def describe(self) -> str:
+        return (f"{self.workers} data worker{'s' * (self.workers != 1)}, {self.threads} torch "
+                f"thread{'s' * (self.threads != 1)} ({self.cores} cores, load {self.load:.1f})")
+
+
+def cpu_plan(config: Config, device: torch.device, local_world_size: int = 1) -> CpuPlan:
+    """Workers and threads from the cores actually available, unless the config fixes them.
+
+    Workers: on a CPU device one is plenty (decoding runs at ~10k images/s per core, training a few hundred
+    at most); on a GPU half the cores, up to 8. Threads: on a CPU device the cores other jobs leave free
+    (oversubscribed cores slow a step several times over), but with --deterministic the cores alone,
+    since a thread count that followed the load would change the float results from run to run; on a GPU
+    the cores the workers leave, up to 4 (the host only feeds the GPU)."""
+    cores = max(1, len(os.sched_getaffinity(0)) // max(1, local_world_size))
+    load = os.getloadavg()[0]
+    workers = config.num_workers
+    if workers is None:
+        workers = 1 if device.type == "cpu" else min(8, max(1, cores // 2))
+    threads = config.num_threads
+    if threads is None:
+        if device.type != "cpu":
+            threads = max(1, min(4, cores - workers))
+        elif config.deterministic:
+            threads = cores
+        else:
+            threads = max(1, min(cores, round(cores - load / max(1, local_world_size))))
+    return CpuPlan(workers, threads, cores, load)
 
 
 def set_determinism(deterministic: bool) -> None:

@@ -25,6 +25,11 @@ class DistInfo:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    @property
+    def local_world_size(self) -> int:
+        """Processes of this run on this machine (torchrun's LOCAL_WORLD_SIZE): they share its cores."""
+        return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if self.distributed else 1
+
 
 def current() -> DistInfo:
     """Rank and world size of an initialised process group (else one process)."""

@@ -1,0 +1,50 @@
+"""training/build.py: the CPU plan (workers and threads from the cores actually free), val sets for training."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from config import Config
+from training import build
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    def set_machine(cores: int, load: float):
+        monkeypatch.setattr(build.os, "sched_getaffinity", lambda pid: set(range(cores)))
+        monkeypatch.setattr(build.os, "getloadavg", lambda: (load, load, load))
+    return set_machine
+
+
+CPU, GPU = torch.device("cpu"), torch.device("cuda", 0)
+
+
+def test_a_cpu_run_uses_the_free_cores(machine):
+    machine(2, 0.2)
+    plan = build.cpu_plan(Config(), CPU)
+    assert (plan.workers, plan.threads) == (1, 2)
+    assert plan.describe() == "1 data worker, 2 torch threads (2 cores, load 0.2)"
+    machine(2, 1.3)  # another job on one of the two cores: oversubscribing it slows every step
+    assert build.cpu_plan(Config(), CPU).threads == 1
+    machine(2, 5.0)
+    assert build.cpu_plan(Config(), CPU).threads == 1
+
+
+def test_deterministic_runs_take_the_cores_whatever_the_load(machine):
+    machine(4, 3.0)
+    assert build.cpu_plan(Config(deterministic=True), CPU).threads == 4
+
+
+def test_a_gpu_run_feeds_from_half_the_cores(machine):
+    machine(16, 0.0)
+    plan = build.cpu_plan(Config(), GPU)
+    assert (plan.workers, plan.threads) == (8, 4)
+    plan = build.cpu_plan(Config(), GPU, local_world_size=8)  # 8 ranks share the 16 cores
+    assert (plan.cores, plan.workers, plan.threads) == (2, 1, 1)
+
+
+def test_the_config_wins(machine):
+    machine(2, 0.0)
+    plan = build.cpu_plan(Config(num_workers=3, num_threads=5), CPU)
+    assert (plan.workers, plan.threads) == (3, 5)
+    assert build.cpu_plan(Config(num_workers=0), CPU).describe().startswith("0 data workers")
