@@ -10,7 +10,7 @@ from evaluation import ValSet
 from learner import Learner
 from tests.test_learner import small_config
 from training.checkpoint import list_checkpoints
-from training.hooks import Hook, Intervals, TrainLog
+from training.hooks import Evaluation, Hook, Intervals, TrainLog
 
 
 class Recorder(Hook):
@@ -97,8 +97,23 @@ def test_close_runs_when_a_hook_fails(train_data, tmp_path):
     assert train_log.bar.disable or train_log.bar.n == 2
 
 
-def test_default_intervals_follow_treb1en_rates():
+def test_default_intervals_follow_treb1en_rates_within_limits():
     config = small_config("unused", "unused", log_every=0, eval_every=0, save_every=0)
-    assert Intervals.from_config(config, 1000) == Intervals(log=10, eval=100, save=200)
-    assert Intervals.from_config(config, 3) == Intervals(log=1, eval=1, save=1)
+    assert Intervals.from_config(config, 29000) == Intervals(log=290, eval=2900, save=5800)  # emore, batch 200
+    # a small set: not an evaluation after every step (15 steps/epoch: only the final one)
+    assert Intervals.from_config(config, 15) == Intervals(log=1, eval=100, save=3)
     assert Intervals.from_config(small_config("u", "u", eval_every=7), 1000).eval == 7
+
+
+def test_automatic_evaluation_stays_within_its_share_of_the_run():
+    hook = Evaluation([], every=1, time_budget=0.1)
+    hook.seconds_spent = 5.0
+    assert hook.within_budget(60.0) and not hook.within_budget(40.0)
+    assert Evaluation([], every=1).within_budget(0.0)  # an interval the user chose is kept
+
+
+def test_default_hooks_budget_only_the_automatic_cadence(train_data, tmp_path):
+    automatic = Learner(small_config(train_data, tmp_path / "a", eval_every=0))
+    chosen = Learner(small_config(train_data, tmp_path / "b", eval_every=2))
+    assert next(h for h in automatic.hooks if isinstance(h, Evaluation)).time_budget == 0.1
+    assert next(h for h in chosen.hooks if isinstance(h, Evaluation)).time_budget is None

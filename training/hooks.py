@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,6 +58,13 @@ class Hook:
     def close(self, learner: "Learner") -> None: ...
 
 
+# Automatic evaluation (--eval_every 0): TreB1eN's 10 per epoch, but never more often than every
+# MIN_AUTO_EVAL_STEPS steps, and skipped while evaluating has taken more than EVAL_TIME_FRACTION of the run.
+# (On a 15-step epoch, 10 evaluations per epoch meant one after every step: 17 minutes for 15 steps.)
+MIN_AUTO_EVAL_STEPS = 100
+EVAL_TIME_FRACTION = 0.1
+
+
 @dataclass
 class Intervals:
     """Steps between logs, evaluations and saves (0 in the config: TreB1eN's rates per epoch)."""
@@ -67,13 +75,15 @@ class Intervals:
     @classmethod
     def from_config(cls, config, steps_per_epoch: int) -> "Intervals":
         return cls(log=config.log_every or max(1, steps_per_epoch // 100),
-                   eval=config.eval_every or max(1, steps_per_epoch // 10),
+                   eval=config.eval_every or max(MIN_AUTO_EVAL_STEPS, steps_per_epoch // 10),
                    save=config.save_every or max(1, steps_per_epoch // 5))
 
 
 def default_hooks(learner: "Learner", val_sets: list[ValSet]) -> list[Hook]:
-    every = Intervals.from_config(learner.config, learner.steps_per_epoch)
-    return [TrainLog(every.log), Evaluation(val_sets, every.eval, learner.config.best_metric),
+    config = learner.config
+    every = Intervals.from_config(config, learner.steps_per_epoch)
+    budget = None if config.eval_every else EVAL_TIME_FRACTION  # an interval the user chose is kept exactly
+    return [TrainLog(every.log), Evaluation(val_sets, every.eval, config.best_metric, budget),
             Checkpointing(every.save)]
 
 
@@ -149,12 +159,19 @@ BEST_METRIC_SCALARS = ("accuracy", "accuracy_std", "best_threshold", "auc", "eer
 
 class Evaluation(Hook):
     """Verification on `val_sets` every `every` steps and at the end (main process); logs `val/<set>/...`
-    scalars and ROC images, and keeps the best model by `best_metric` (save/model_best.pth, best.json)."""
+    scalars and ROC images, and keeps the best model by `best_metric` (save/model_best.pth, best.json).
 
-    def __init__(self, val_sets: list[ValSet], every: int, best_metric: str = "accuracy"):
-        self.val_sets, self.every, self.best_metric = val_sets, every, best_metric
+    With a `time_budget` (a fraction), a scheduled evaluation is skipped while the evaluations so far have
+    taken more than that fraction of the run's time; the final one always runs."""
+
+    def __init__(self, val_sets: list[ValSet], every: int, best_metric: str = "accuracy",
+                 time_budget: float | None = None):
+        self.val_sets, self.every, self.best_metric, self.time_budget = val_sets, every, best_metric, time_budget
         self.results = []          # evaluation.sets.SetResult of each val set at the last evaluation
         self.evaluated_at = -1
+        self.started_at = time.perf_counter()
+        self.seconds_spent = 0.0   # in evaluations so far
+        self.skipped = 0
         self._check_best_metric()
 
     def _check_best_metric(self) -> None:
@@ -167,9 +184,22 @@ class Evaluation(Hook):
             raise UserError(f"--best_metric {metric}: expected 'accuracy' or <set>/<scalar> with <set> one of "
                             f"{', '.join(names)} and <scalar> one of {', '.join(BEST_METRIC_SCALARS)}, tar@far=<far>")
 
+    def before_train(self, learner: "Learner") -> None:
+        self.started_at = time.perf_counter()
+
     def after_step(self, learner: "Learner", record: StepRecord) -> None:
         if self.every and record.step % self.every == 0:
-            self.evaluate(learner)
+            if self.within_budget(time.perf_counter() - self.started_at):
+                self.evaluate(learner)
+            else:
+                self.skipped += 1
+                if self.skipped == 1:
+                    log.info("step %d: evaluation skipped: evaluations have taken %.0f s, more than %.0f%% of the "
+                             "run; evaluating less often (give --eval_every to choose)", record.step,
+                             self.seconds_spent, 100 * self.time_budget)
+
+    def within_budget(self, elapsed_s: float) -> bool:
+        return self.time_budget is None or self.seconds_spent <= self.time_budget * elapsed_s
 
     def after_train(self, learner: "Learner") -> None:
         if not learner.stop_reason and self.evaluated_at != learner.progress.step:
@@ -178,6 +208,7 @@ class Evaluation(Hook):
     def evaluate(self, learner: "Learner") -> dict[str, float]:
         """Evaluate every val set (main process), log it, keep the best model; returns the scalars."""
         values: dict[str, float] = {}
+        began = time.perf_counter()
         step = self.evaluated_at = learner.progress.step
         if learner.dist.is_main and self.val_sets:
             self.results = []
@@ -196,6 +227,7 @@ class Evaluation(Hook):
             self._keep_best(learner, values)
             learner.run_log.flush()
         distributed.barrier()
+        self.seconds_spent += time.perf_counter() - began
         return values
 
     def _keep_best(self, learner: "Learner", values: dict[str, float]) -> None:
