@@ -38,7 +38,7 @@ def run_config(args, head: str) -> Config:
                   head=head, head_options=HEADS[head], batch_size=args.batch_size, epochs=args.epochs, lr=args.lr,
                   schedule="cosine", warmup_epochs=0.3, num_workers=args.num_workers, max_steps=args.max_steps,
                   channels_last=True,
-                  eval_every=10**9, save_every=10**9, log_every=10, val_sets="all", val_flip=False, seed=args.seed)
+                  eval_every=10**9, save_every=10**9, log_every=10, val_sets="all", seed=args.seed)
 
 
 def comparison_table(results: dict[str, list]) -> str:

@@ -1,7 +1,7 @@
 """Evaluate a backbone on prepared verification sets.
 
     python eval.py --model work_space/save/model_ir_se50.pth --data_path data/faces_emore \
-                   [--val_sets all] [--batch_size 256] [--flip] [--net NAME] [--out DIR]
+                   [--val_sets all] [--batch_size 256] [--no_flip] [--net NAME] [--out DIR]
 
 The weights file may be ours (a checkpoint or an exported model_*.pth), TreB1eN's or arcface_torch's:
 the architecture and channel order are recognised from it (`--net` overrides the architecture). Images
@@ -11,12 +11,13 @@ poses) and writes it as results.md and results.csv with a ROC figure per set.
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from tqdm import tqdm
 
 from evaluation import ValSet, evaluate_set, markdown_table, resolve_valsets, write_reports
-from inference.loader import add_model_arguments, load_model
+from inference.loader import add_flip_argument, add_model_arguments, load_model
 from inference.runtime import AMP_DTYPES
 from utils import CliParser, default_output_dir, run_cli
 
@@ -28,8 +29,8 @@ def parse_args(argv=None):
                         help="folder holding the prepared val sets (<name>/images.npy, issame.npy)")
     parser.add_argument("--val_sets", default="all", help="'all' or a comma-separated list, e.g. lfw,cfp_fp")
     parser.add_argument("--batch_size", type=int, default=256, help="images per forward pass")
-    parser.add_argument("--flip", action="store_true",
-                        help="flip test-time augmentation: sum the embeddings of each image and its mirror")
+    add_flip_argument(parser)
+    parser.add_argument("--flip", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
     parser.add_argument("--folds", type=int, default=10, help="k of the k-fold protocol")
     parser.add_argument("--amp", default="off", choices=sorted(AMP_DTYPES), help="autocast dtype for the forward")
     parser.add_argument("--out", type=Path, default=None,

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from evaluation.protocols.lfw_raw import NO_FACE_CROP, distinct_paths, load_pair_images, read_aligned_file, read_pairs
 from faces.pipeline import PhotoAligner
-from inference.loader import add_model_arguments, load_model
+from inference.loader import add_flip_argument, add_model_arguments, load_model
 from utils import CliParser, UserError, atomic_path, atomic_write_text, default_output_dir, run_cli
 from verification import save_roc_png, verify
 
@@ -41,7 +41,7 @@ def parse_args(argv=None):
     parser.add_argument("--min_face_size", type=float, default=20.0,
                         help="smallest face MTCNN searches for, in pixels")
     parser.add_argument("--batch_size", type=int, default=64, help="images per forward pass")
-    parser.add_argument("--no_flip", action="store_true", help="no flip test-time augmentation")
+    add_flip_argument(parser)
     parser.add_argument("--out", type=Path, default=None,
                         help="report folder (default: work_space/lfw_eval/<model file name>)")
     parser.add_argument("--worst", type=int, default=8, help="misclassified pairs shown in worst_pairs.png")
@@ -131,10 +131,10 @@ def main(argv=None) -> int:
               unit="img", leave=False) as bar:
         images = load_pair_images(pairs, progress=bar.update, read_face=read_face)
     print(f"{len(pairs)} pairs, {num_folds} folds, {images.shape[0]} images")
-    embeddings = model.embed(images, args.batch_size, flip=not args.no_flip)
+    embeddings = model.embed(images, args.batch_size, flip=args.flip)
     result = verify(embeddings, np.array([pair.issame for pair in pairs]), num_folds=num_folds)
     print(f"LFW accuracy: {result.accuracy:.4f} +- {result.accuracy_std:.4f} "
-          f"(flip {'off' if args.no_flip else 'on'})")
+          f"(flip {'on' if args.flip else 'off'})")
     print("fold accuracies: " + " ".join(f"{acc:.4f}" for acc in result.fold_accuracy))
     print(f"AUC {result.auc:.4f}, EER {result.eer:.4f}")
 

@@ -43,7 +43,7 @@ from data.images import encode_jpeg, encode_png, read_aligned_face, read_image_f
 from faces.alignment import ALIGNED_SIZE
 from faces.pipeline import align_photo, inset
 from identification import CHUNK_SIZE, OpenSetEvaluator, save_cmc_png, save_roc_png
-from inference.loader import add_model_arguments
+from inference.loader import add_flip_argument, add_model_arguments
 from utils import CliParser, UserError, atomic_write_bytes, atomic_write_text, default_output_dir, parallel_map, run_cli
 from verification import DEFAULT_FAR_TARGETS
 
@@ -74,7 +74,7 @@ def parse_args(argv=None):
     parser.add_argument("--algo", default="pgaml", help="feature file suffix: <image>_<algo>.bin")
     add_model_arguments(parser, required=False, prefix="gen_features: ")
     parser.add_argument("--batch_size", type=int, default=256, help="gen_features: images per forward pass")
-    parser.add_argument("--no_flip", action="store_true", help="gen_features: no flip test-time augmentation")
+    add_flip_argument(parser, prefix="gen_features: ")
     parser.add_argument("--facescrub_noises", type=Path, help="remove_noise: facescrub_noises.txt")
     parser.add_argument("--megaface_noises", type=Path, help="remove_noise: megaface_noises.txt")
     parser.add_argument("--seed", type=int, default=0, help="remove_noise: seed of the noisy probes' jitter")
@@ -235,7 +235,7 @@ def gen_features(args) -> None:
             for start in range(0, len(todo), args.batch_size):
                 batch = todo[start:start + args.batch_size]
                 images = np.stack([load_aligned(args.aligned_dir / name / p) for p in batch])
-                features = model.embed(images, args.batch_size, flip=not args.no_flip)
+                features = model.embed(images, args.batch_size, flip=args.flip)
                 for path, feature in zip(batch, features):
                     write_matrix(feature_path(args.features_dir / name, path, args.algo), feature)
                 bar.update(len(batch))

@@ -21,6 +21,7 @@ AUGMENT_FLAGS = ("flip_prob", "downscale_prob", "blur_prob", "jpeg_prob")
 
 def build_parser() -> argparse.ArgumentParser:
     from heads import list_heads  # the registry: a new head appears in --help without editing this file
+    from inference.loader import add_flip_argument
 
     parser = CliParser(prog="train.py", description=__doc__, allow_abbrev=False,
                        argument_default=argparse.SUPPRESS, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,8 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--keep_checkpoints", type=int, help="newest checkpoints kept")
     flag("--val_sets", help="val sets to evaluate: comma-separated, 'all' or 'none'")
     flag("--val_batch_size", type=int, help="batch size of evaluation")
-    group.add_argument("--no_val_flip", dest="val_flip", action="store_false",
-                        help="evaluate without flip test-time augmentation")
+    add_flip_argument(group, prefix="evaluation: ", dest="val_flip", aliases=("--no_val_flip",))
     flag("--best_metric", help="what model_best.pth maximises: accuracy (mean over val sets) or <set>/<scalar>")
     flag("--max_nonfinite", type=int, help="consecutive non-finite losses that stop the run")
     flag("--resume", help="'auto' (newest valid checkpoint in <work_path>/save) or a checkpoint file")

@@ -50,6 +50,14 @@ def load_model(weights_path: str | Path, net: str | None = None, device: str = "
     return LoadedModel(network, conventions, target, meta["backbone"], meta["source"], Path(weights_path))
 
 
+def add_flip_argument(parser, prefix: str = "", dest: str = "flip", aliases: tuple[str, ...] = ()) -> None:
+    """`--no_flip`: the one protocol of every command and of training's evaluation: flip test-time
+    augmentation on (TreB1eN's tta) unless turned off."""
+    parser.add_argument("--no_flip", *aliases, dest=dest, action="store_false",
+                        help=f"{prefix}no flip test-time augmentation (default: on, TreB1eN's tta: an embedding is "
+                             "the normalised sum of the image's and its mirror's)")
+
+
 def add_model_arguments(parser, required: bool = True, prefix: str = "") -> None:
     """`--model`, `--net`, `--device` as every command that runs a model spells them (`prefix` starts the help,
     e.g. 'gen_features: ')."""

@@ -37,7 +37,7 @@ def setup(tmp_path_factory):
 def test_eval_ours(setup):
     out = setup / "report"
     result = run_eval("--model", setup / "model_mobilefacenet.pth", "--data_path", setup, "--batch_size", "8",
-                      "--flip", "--folds", "2", "--out", out)
+                      "--folds", "2", "--out", out)
     assert result.returncode == 0, result.stderr
     assert "mobilefacenet (ours weights, RGB input)" in result.stdout
     lines = [line for line in result.stdout.splitlines() if line.startswith("| ")]
@@ -66,3 +66,22 @@ def test_eval_bad_input(setup, args, message):
     result = run_eval(*[item for pair in base.items() for item in pair])
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: ") and message in result.stderr
+
+
+def test_eval_reports_what_training_logged(train_data, tmp_path):
+    """One protocol everywhere: eval.py on the exported model prints the accuracy TensorBoard shows."""
+    from learner import Learner
+    from tests.test_learner import small_config
+    from training.run_log import read_scalars
+
+    work = tmp_path / "run"
+    Learner(small_config(train_data, work, max_steps=3, val_sets="lfw", eval_every=100)).train()
+    logged = read_scalars(work / "log", "val/lfw/accuracy")[-1]["value"]
+    result = run_eval("--model", work / "save" / "model_latest.pth", "--data_path", train_data, "--val_sets", "lfw",
+                      "--out", tmp_path / "report")
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| lfw"))
+    assert row.split(" | ")[2] == f"{logged:.4f}"
+    without_flip = run_eval("--model", work / "save" / "model_latest.pth", "--data_path", train_data, "--val_sets",
+                            "lfw", "--no_flip", "--out", tmp_path / "report2")
+    assert without_flip.returncode == 0 and "| lfw" in without_flip.stdout
