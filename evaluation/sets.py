@@ -8,16 +8,19 @@ data set, a user's own pairs). Where a set has poses, accuracy is also reported 
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from data.valsets import KNOWN_VALSETS, load_valset, load_valset_pose
+from data.valsets import KNOWN_VALSETS, convert_bin, is_converted, load_valset, load_valset_pose
 from inference.embedding import embed_images
 from utils import UserError
 from verification import VerificationResult, verify
+
+log = logging.getLogger(__name__)
 
 FRONTAL_YAW, PROFILE_YAW = 30.0, 60.0
 
@@ -53,27 +56,50 @@ class SetResult:
         return out
 
 
+def _customary_first(names) -> list[str]:
+    names = sorted(set(names))
+    return [n for n in KNOWN_VALSETS if n in names] + [n for n in names if n not in KNOWN_VALSETS]
+
+
 def available_valsets(data_path: str | Path) -> list[str]:
-    """Prepared val sets under `data_path`, the customary ones first."""
+    """Val sets under `data_path`, prepared (<name>/issame.npy) or not yet (<name>.bin), the customary ones
+    first."""
     root = Path(data_path)
-    found = sorted(p.parent.name for p in root.glob("*/issame.npy"))
-    return [n for n in KNOWN_VALSETS if n in found] + [n for n in found if n not in KNOWN_VALSETS]
+    return _customary_first([p.parent.name for p in root.glob("*/issame.npy")] + [p.stem for p in root.glob("*.bin")])
 
 
 def resolve_valsets(data_path: str | Path, requested: str) -> list[str]:
-    """'all' or a comma-separated list, checked against what is prepared (one clear error otherwise)."""
+    """'all' or a comma-separated list, checked against what is there (one clear error otherwise); a set
+    given only as <name>.bin is prepared on the fly (`prepare_valset`)."""
     available = available_valsets(data_path)
     if requested == "all":
         if not available:
-            raise UserError(f"{data_path}: no prepared val sets (<name>/images.npy + issame.npy); "
-                            f"run python data/prepare_data.py --source {data_path}")
-        return available
-    names = [n.strip() for n in requested.split(",") if n.strip()]
-    missing = [n for n in names if n not in available]
-    if missing:
-        raise UserError(f"--val_sets: {', '.join(missing)} not prepared under {data_path} "
-                        f"(available: {', '.join(available) or 'none'})")
+            raise UserError(f"{data_path}: no val sets (<name>.bin, or <name>/images.npy + issame.npy prepared "
+                            f"by python data/prepare_data.py --source {data_path})")
+        names = available
+    else:
+        names = [n.strip() for n in requested.split(",") if n.strip()]
+        missing = [n for n in names if n not in available]
+        if missing:
+            raise UserError(f"--val_sets: {', '.join(missing)} not found under {data_path} as <name>.bin or "
+                            f"prepared <name>/ (available: {', '.join(available) or 'none'})")
+    for name in names:
+        prepare_valset(data_path, name)
     return names
+
+
+def prepare_valset(data_path: str | Path, name: str) -> None:
+    """Convert `<name>.bin` into the prepared uint8 layout beside it unless that is done (a few seconds: val
+    sets are small); where the folder cannot be written, say which command prepares it elsewhere."""
+    if is_converted(data_path, name):
+        return
+    bin_path = Path(data_path) / f"{name}.bin"
+    log.info("%s: preparing %s once (uint8 images.npy + issame.npy beside it)", bin_path, name)
+    try:
+        convert_bin(bin_path, data_path)
+    except OSError as err:
+        raise UserError(f"{bin_path}: cannot prepare it here ({err.strerror}); run python data/prepare_data.py "
+                        f"--source {data_path} --out DIR and use --data_path DIR") from None
 
 
 def pose_strata(pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -55,7 +55,7 @@ def test_eval_treb1en_weights_are_bgr(setup):
 
 @pytest.mark.parametrize("args, message", [
     (["--model", "missing.pth"], "missing.pth: weights file not found"),
-    (["--val_sets", "cplfw"], "--val_sets: cplfw not prepared"),
+    (["--val_sets", "cplfw"], "--val_sets: cplfw not found under"),
     (["--batch_size", "0"], "--batch_size must be >= 1"),
     (["--net", "resnet9"], "argument --net: invalid choice"),
 ])

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data.valsets import convert_bin, write_bin
-from evaluation import (csv_table, evaluate_valset, markdown_table, pose_strata, resolve_valsets,
+from data.valsets import convert_bin, is_converted, write_bin
+from evaluation import (available_valsets, csv_table, evaluate_valset, markdown_table, pose_strata, resolve_valsets,
                         write_reports)
 from tests.helpers import jpeg
 from utils import UserError
@@ -54,9 +54,9 @@ def test_pose_strata():
 def test_resolve_valsets(prepared):
     assert resolve_valsets(prepared, "all") == ["lfw", "cfp_fp"]
     assert resolve_valsets(prepared, "cfp_fp") == ["cfp_fp"]
-    with pytest.raises(UserError, match="--val_sets: agedb_30 not prepared"):
+    with pytest.raises(UserError, match="--val_sets: agedb_30 not found under"):
         resolve_valsets(prepared, "lfw,agedb_30")
-    with pytest.raises(UserError, match="no prepared val sets"):
+    with pytest.raises(UserError, match="no val sets"):
         resolve_valsets(prepared / "nothing", "all")
 
 
@@ -69,3 +69,28 @@ def test_reports(prepared, tmp_path):
     written = write_reports(results, tmp_path / "report")
     assert [p.name for p in written] == ["results.md", "results.csv", "roc_lfw.png", "roc_cfp_fp.png"]
     assert all(p.stat().st_size > 0 for p in written)
+
+
+def test_a_bin_not_yet_prepared_is_prepared_on_the_fly(prepared, tmp_path):
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    images = [jpeg(i) for i in range(8)]
+    write_bin(folder / "agedb_30.bin", images, [True, False, True, False])
+    assert available_valsets(folder) == ["agedb_30"]
+    assert resolve_valsets(folder, "agedb_30") == ["agedb_30"]
+    assert is_converted(folder, "agedb_30")
+    outcome = evaluate_valset(PixelNet(), folder, "agedb_30", num_folds=2)
+    assert outcome.result.num_positive == 2
+
+
+def test_a_bin_that_cannot_be_prepared_in_place_says_how(tmp_path, monkeypatch):
+    import evaluation.sets as sets
+
+    write_bin(tmp_path / "lfw.bin", [jpeg(i) for i in range(4)], [True, False])
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(sets, "convert_bin", read_only)
+    with pytest.raises(UserError, match=r"lfw.bin: cannot prepare it here \(Permission denied\); run python "
+                                        r"data/prepare_data.py --source .* --out DIR"):
+        resolve_valsets(tmp_path, "lfw")

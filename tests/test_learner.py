@@ -17,7 +17,7 @@ from inference.weights import load_backbone_weights
 from learner import Learner
 from training import schedule
 from training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from training.hooks import Checkpointing
+from training.hooks import Checkpointing, Evaluation
 from training.run_log import read_scalars
 from utils import UserError
 
@@ -290,3 +290,13 @@ def test_the_start_line_says_what_the_run_does(train_data, tmp_path, caplog):
     line = next(r.getMessage() for r in caplog.records if "steps/epoch" in r.getMessage())
     assert "10 steps/epoch, 2 of 30 steps (--max_steps)" in line
     assert "0 data workers, 1 torch thread (" in line and "on cpu" in line
+
+
+def test_val_sets_given_as_bin_are_prepared_when_training_starts(train_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(train_data, data)
+    shutil.rmtree(data / "lfw")  # lfw.bin is there, not prepared (the default list finds it)
+    learner = Learner(small_config(data, tmp_path / "run", val_sets=Config.val_sets))
+    assert [v.name for v in next(h for h in learner.hooks if isinstance(h, Evaluation)).val_sets] == \
+        ["lfw", "agedb_30", "cfp_fp"]
+    assert (data / "lfw" / "issame.npy").is_file()

@@ -66,7 +66,7 @@ def test_help_documents_every_flag():
     (["--resume", "README.md"], "README.md: not a readable checkpoint"),
     (["--pose_schedule", "2", "--head", "arcface"], "--pose_schedule applies to --head pgaml only"),
     (["--val_sets", "lfw", "--best_metric", "lfw/foo"], "--best_metric lfw/foo: expected 'accuracy' or"),
-    (["--val_sets", "lfw,megaface"], "--val_sets: megaface not prepared"),
+    (["--val_sets", "lfw,megaface"], "--val_sets: megaface not found under"),
 ])
 def test_bad_input_is_one_line_and_status_2(train_data, tmp_path, args, message):
     base = ["--data_path", train_data, "--work_path", tmp_path / "run", "-n", "mobilefacenet", "-w", "0", "-b", "8"]

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from config import Config
-from evaluation.sets import ValSet, resolve_valsets
+from evaluation.sets import ValSet, available_valsets, resolve_valsets
 from heads import build_margin
 from inference.conventions import INPUT_CONVENTIONS
 from inference.weights import load_backbone_weights
@@ -91,16 +91,15 @@ def val_sets_for(config: Config, given=None) -> list[ValSet]:
         return [v if isinstance(v, ValSet) else ValSet.load(config.data_path, v) for v in given]
     if config.val_sets == "none":
         return []
-    if config.val_sets != Config.val_sets:
-        names = resolve_valsets(config.data_path, config.val_sets)
+    if config.val_sets == Config.val_sets:  # the default list: whichever of TreB1eN's three are there
+        found = [name for name in config.val_sets.split(",") if name in available_valsets(config.data_path)]
+        if not found:
+            log.warning("%s: none of %s is there (as <name>.bin or prepared); training without evaluation",
+                        config.data_path, config.val_sets)
+            return []
+        names = resolve_valsets(config.data_path, ",".join(found))
     else:
-        try:
-            prepared = resolve_valsets(config.data_path, "all")
-        except UserError:
-            prepared = []
-        names = [name for name in config.val_sets.split(",") if name in prepared]
-        if not names:
-            log.warning("%s: none of %s is prepared; training without evaluation", config.data_path, config.val_sets)
+        names = resolve_valsets(config.data_path, config.val_sets)
     return [ValSet.load(config.data_path, name) for name in names]
 
 
