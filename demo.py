@@ -3,11 +3,14 @@ emore-format data, both evaluated on its verification sets, compared overall and
 
 Both runs share the seed, so they start from the same weights and see the same batches in the same
 order: the head is the only difference. Everything a run writes (checkpoints, TensorBoard logs) goes to
-`<work_path>/<head>/`; the comparison goes to `<work_path>/results.md`.
+`<work_path>/<head>/`; the comparison goes to `<work_path>/results.md`. Run again, the demo replaces its
+previous runs.
 """
 from __future__ import annotations
 
 import logging
+import shutil
+from pathlib import Path
 
 from config import Config
 from utils import CliParser, UserError, atomic_write_text, run_cli, setup_logging
@@ -56,13 +59,29 @@ def _stratum(value: float, count: int) -> str:
     return f"{value:.4f} ({count})" if count else "-"
 
 
+def replace_previous_demo_run(config: Config) -> None:
+    """`make demo` run again starts its runs afresh: a folder the demo wrote before (its config.json names
+    the same head and net) is removed. Anything else there is left alone, and train's refusal to write into
+    another run's folder then says what to do."""
+    run_dir = Path(config.work_path)
+    try:
+        previous = Config.load(run_dir / "config.json")
+    except UserError:
+        return
+    if (previous.head, previous.net_mode) == (config.head, config.net_mode):
+        logging.getLogger("demo").info("replacing the previous demo run in %s", run_dir)
+        shutil.rmtree(run_dir)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging(logging.INFO)
     from learner import Learner  # torch loads after the flags are checked
     results = {}
     for head in HEADS:
-        learner = Learner(run_config(args, head))
+        config = run_config(args, head)
+        replace_previous_demo_run(config)
+        learner = Learner(config)
         learner.train()
         if not learner.last_results:
             raise UserError(f"{args.data_path}: no prepared val sets to compare on (run data/prepare_data.py)")

@@ -38,6 +38,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
+    if args.folds < 2:
+        parser.error(f"--folds must be >= 2 (k of the k-fold protocol), got {args.folds}")
     return args
 
 

@@ -105,6 +105,8 @@ class Margin(nn.Module):
 
     def __init__(self, s: float):
         super().__init__()
+        if not (isinstance(s, (int, float)) and s > 0):
+            raise UserError(f"head '{self.name}': the scale s (--scale) must be a positive number, not {s!r}")
         self.s = float(s)
 
     def forward(self, cosine: torch.Tensor, labels: torch.Tensor, **side) -> torch.Tensor:

@@ -1,4 +1,7 @@
-"""Train a face-recognition model: `python train.py -n ir_se -b 200 --head pgaml`.
+"""Train a face-recognition model: `python train.py -n ir_se -b 200` (TreB1eN's IR-SE50 + ArcFace on emore).
+
+`--head pgaml` (the Pose-Guided Angular Margin Loss) also needs the yaw of every training image:
+`pose.npy` beside train.rec (data/synthetic.py writes one for its data; try `make demo`).
 
 TreB1eN's short flags (-n/-net, -b, -e, -lr, -w, -d, -depth) keep their meaning; every other flag has a long
 name equal to its `config.Config` field. Precedence: Config defaults < `--config FILE` < flags given.

@@ -255,6 +255,10 @@ def open_dataset(path: str | os.PathLike, augment_cfg: AugmentConfig | None = No
         return FolderDataset(path / "imgs", augment_cfg, seed)
     if path.is_dir():
         return FolderDataset(path, augment_cfg, seed)
+    if not path.exists():
+        raise UserError(f"{path}: the training data folder does not exist: put insightface's RecordIO folder there "
+                        f"(train.rec, train.idx, property, *.bin; README, 'Data') and run python data/prepare_data.py "
+                        f"--source {path}, or give --data_path")
     raise UserError(f"{path}: neither a RecordIO folder (train.rec) nor an image folder")
 
 

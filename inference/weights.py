@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -88,6 +89,9 @@ def load_backbone_weights(model_or_name: nn.Module | str | None, path: str | Pat
 
 def _read_weights_file(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
     """(state_dict without `module.` prefixes, our recorded input conventions or None)."""
+    if path.is_dir():
+        raise UserError(f"{path}: a folder, not a weights file (give the file, e.g. {path / 'save' / 'model_latest.pth'} "
+                        "or a checkpoint_step*.pt)")
     if not path.is_file():
         raise UserError(f"{path}: weights file not found")
     with open(path, "rb") as f:
@@ -95,6 +99,9 @@ def _read_weights_file(path: Path) -> tuple[dict[str, torch.Tensor], dict | None
     # torch.save writes a zip archive; files from torch < 1.6 are a pickle (protocol byte 0x80 first)
     if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):
         raise UserError(f"{path}: not a PyTorch weights file (neither a torch.save zip archive nor a pickle)")
+    if magic.startswith(b"PK") and not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: a damaged or incomplete PyTorch file (its zip archive is cut short or "
+                        "overwritten); copy it again or use another checkpoint")
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for truncated or foreign files
@@ -118,11 +125,15 @@ def _read_weights_file(path: Path) -> tuple[dict[str, torch.Tensor], dict | None
 
 
 def _one_line_reason(err: Exception) -> str:
-    """The informative line of torch.load's error (its weights_only refusal spans several lines)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    refusal = [line for line in lines if line.startswith("WeightsUnpickler error:")]
-    line = refusal[0].split(" was not an allowed global")[0] if refusal else (lines or [""])[0]
-    return f"{type(err).__name__}: {line[:200]}"
+    """What torch.load's error says, in one complete line: its weights_only refusal spans a page whose
+    informative part follows 'WeightsUnpickler error:'; other errors are cut after their first sentence."""
+    text = " ".join(str(err).split())
+    if "WeightsUnpickler error:" in text:
+        reason = text.split("WeightsUnpickler error:", 1)[1].split(" Check the documentation")[0]
+        reason = reason.split(" was not an allowed global")[0].strip()
+    else:
+        reason = text.split(". ")[0].rstrip(".")
+    return f"{type(err).__name__}: {reason}"
 
 
 def _read_conventions(path: Path) -> dict | None:

@@ -15,3 +15,8 @@ def test_demo_trains_both_heads_and_writes_the_comparison(train_data, tmp_path, 
         assert (work / head / "save" / "model_best.pth").is_file()
         assert any((work / head / "log").glob("events.out.tfevents.*"))
     assert "profile pairs" in table and table in capsys.readouterr().out
+    # run again: the previous demo runs are replaced, not refused or mixed in
+    assert demo.main(["--data_path", str(train_data), "--work_path", str(work), "--max_steps", "1",
+                      "-b", "8", "-w", "0"]) == 0
+    from training.checkpoint import list_checkpoints
+    assert [p.name for p in list_checkpoints(work / "arcface" / "save")] == ["checkpoint_step00000001.pt"]

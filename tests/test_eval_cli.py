@@ -58,6 +58,8 @@ def test_eval_treb1en_weights_are_bgr(setup):
     (["--val_sets", "cplfw"], "--val_sets: cplfw not found under"),
     (["--batch_size", "0"], "--batch_size must be >= 1"),
     (["--net", "resnet9"], "argument --net: invalid choice"),
+    (["--folds", "0"], "--folds must be >= 2"),
+    (["--model", "."], ".: a folder, not a weights file"),
 ])
 def test_eval_bad_input(setup, args, message):
     base = {"--model": str(setup / "model_mobilefacenet.pth"), "--data_path": str(setup)}

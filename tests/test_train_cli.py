@@ -56,9 +56,11 @@ def test_help_documents_every_flag():
 @pytest.mark.parametrize("args, message", [
     (["-n", "resnet"], "argument -n/-net/--net_mode: invalid choice"),
     (["--lr", "-1"], "--lr must be positive"),
+    (["--scale", "-3"], "head 'arcface': the scale s (--scale) must be a positive number, not -3.0"),
     (["--amp", "fp8"], "invalid choice"),
     (["--head", "softmaxx"], "--head: invalid choice: 'softmaxx'"),
-    (["--data_path", "/nonexistent/faces"], "/nonexistent/faces: neither a RecordIO folder"),
+    (["--data_path", "/nonexistent/faces"], "/nonexistent/faces: the training data folder does not exist"),
+    (["--data_path", "README.md"], "README.md: neither a RecordIO folder"),
     (["-d", "casia"], "--data_mode casia: choose one of"),
     (["--head", "arcface", "--m9", "1"], "unrecognized arguments: --m9"),
     (["--head", "arcface", "--head_option", "q=1"], "head 'arcface' has no option(s) q"),
@@ -163,3 +165,18 @@ def test_find_lr_flag(train_data, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "LR range test" in result.stdout and (tmp_path / "run" / "history" / "lr_finder.png").is_file()
     assert not (tmp_path / "run" / "save").exists()
+
+
+def test_treb1en_command_without_data_says_where_to_get_it(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "-n", "ir_se", "-b", "200"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: data/faces_emore: the training data folder does not exist")
+    assert "python data/prepare_data.py --source data/faces_emore" in line
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_help_headline_runs_as_written():
+    out = train("-h").stdout
+    assert "python train.py -n ir_se -b 200" in out and "--head pgaml" in out and "pose.npy" in out

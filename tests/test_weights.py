@@ -156,7 +156,22 @@ def test_not_a_torch_file(tmp_path, write):
 def test_truncated_file(tmp_path):
     torch.save(real_state_dict("mobilefacenet"), tmp_path / "full.pth")
     data = (tmp_path / "full.pth").read_bytes()
-    assert "not a PyTorch weights file" in bad_file_message(tmp_path, lambda p: p.write_bytes(data[:len(data) // 2]))
+    message = bad_file_message(tmp_path, lambda p: p.write_bytes(data[:len(data) // 2]))
+    assert message.endswith("a damaged or incomplete PyTorch file (its zip archive is cut short or overwritten); "
+                            "copy it again or use another checkpoint")
+
+
+def test_overwritten_file_gives_a_complete_reason(tmp_path):
+    torch.save(real_state_dict("mobilefacenet"), tmp_path / "full.pth")
+    data = (tmp_path / "full.pth").read_bytes()
+    message = bad_file_message(tmp_path, lambda p: p.write_bytes(data[:2000] + b"\0" * 5000 + data[7000:]))
+    assert "loadable with weights_only=True (UnpicklingError: " in message and message.endswith(")")
+    assert "file an issue" not in message and "high likelihood" not in message
+
+
+def test_a_folder_is_not_a_weights_file(tmp_path):
+    with pytest.raises(UserError, match=r"run: a folder, not a weights file \(give the file, e.g. .*model_latest.pth"):
+        load_backbone_weights(None, tmp_path / "run" if (tmp_path / "run").mkdir() is None else None)
 
 
 def test_not_a_state_dict(tmp_path):
