@@ -26,8 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     from heads import list_heads  # the registry: a new head appears in --help without editing this file
     from inference.loader import add_flip_argument
 
-    parser = CliParser(prog="train.py", description=__doc__, allow_abbrev=False,
-                       argument_default=argparse.SUPPRESS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CliParser(prog="train.py", description=__doc__, allow_abbrev=False, argument_default=argparse.SUPPRESS)
 
     group = parser.add_argument_group("data and outputs")
 

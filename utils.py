@@ -19,9 +19,24 @@ class UserError(Exception):
     """An error the user caused (bad flag, missing or corrupt file): shown as one line, exit status 2."""
 
 
+class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default, unless the help already says it (or there is none to
+    say: no default, a switch, a suppressed one); the description keeps its own line breaks (usage examples)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or action.nargs == 0:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class CliParser(argparse.ArgumentParser):
     """argparse with errors as UserError: one 'error: ...' line and exit status 2 through run_cli,
-    instead of argparse's usage dump."""
+    instead of argparse's usage dump; help shows every default (`DefaultsHelpFormatter`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         raise UserError(message)

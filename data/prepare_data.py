@@ -217,14 +217,13 @@ def _extension(data) -> str:
 # ---------------------------------------------------------------- CLI
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = CliParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = CliParser(description=__doc__.split("\n")[0])
     parser.add_argument("--source", type=Path, default=Path("data/faces_emore"),
                         help="RecordIO folder: train.rec, train.idx, property and the *.bin val sets")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: --source)")
     parser.add_argument("--unpack", action="store_true",
                         help="also write imgs/<class>/<key>.jpg (TreB1eN's folder layout; not needed to train)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes (default: all cores)")
     parser.add_argument("--skip_decode_check", action="store_true",
                         help="check image bytes structurally only, without decoding every image (faster)")
     parser.add_argument("--force", action="store_true", help="redo every step even where outputs are complete")

@@ -618,7 +618,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"held-out identities for lfw/cfp_fp/agedb_30 (default: {DEFAULT_VAL_CLASSES})")
     parser.add_argument("--val-pairs", type=int, default=DEFAULT_VAL_PAIRS,
                         help=f"pairs per verification set, even (default: {DEFAULT_VAL_PAIRS})")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the identities, poses and nuisances: the same seed gives the same data set")
     parser.add_argument("--workers", type=int, default=1, help="rendering processes (default: 1)")
     return parser.parse_args(argv)
 
