@@ -265,11 +265,16 @@ class Learner:
 
 
 class _StopOnSignals:
-    """SIGINT / SIGTERM ask the loop to save and stop after the current step (a second one kills)."""
+    """SIGINT / SIGTERM ask the loop to save and stop after the current step; a second one kills, unless it
+    comes within DUPLICATE_WINDOW_S of the first: torchrun forwards the signal its process group got, so
+    each rank sees the same stop twice."""
+
+    DUPLICATE_WINDOW_S = 2.0
 
     def __init__(self, learner: Learner):
         self.learner = learner
         self.previous = {}
+        self.first_at = None
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -280,11 +285,15 @@ class _StopOnSignals:
         return self
 
     def _handle(self, signum, frame):
-        if self.learner.stop_reason is not None:
+        if self.first_at is not None:
+            if time.monotonic() - self.first_at < self.DUPLICATE_WINDOW_S:
+                return
             signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
+        self.first_at = time.monotonic()
         self.learner.request_stop(signal.Signals(signum).name)
-        log.warning("%s: saving a checkpoint and stopping after this step", signal.Signals(signum).name)
+        if self.learner.dist.is_main:
+            log.warning("%s: saving a checkpoint and stopping after this step", signal.Signals(signum).name)
 
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():

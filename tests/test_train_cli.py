@@ -160,6 +160,27 @@ def test_torchrun_two_processes_on_cpu(train_data, tmp_path):
     assert {"val/lfw/accuracy", "train/loss"} <= {r["tag"] for r in read_scalars(work / "log")}
 
 
+def test_sigterm_to_a_torchrun_group_saves_every_rank_once(train_data, tmp_path):
+    """`timeout torchrun ...` or SLURM: torchrun, its ranks and their loader workers all get SIGTERM, and torchrun
+    forwards it to the ranks once more. The ranks save one checkpoint together; torchrun itself then reports
+    the signal (its own SignalException, exit status 1)."""
+    work = tmp_path / "run"
+    args = [*SMALL, "-b", 4, "-w", 1, "--data_path", train_data, "--work_path", work, "--save_every", 100]
+    process = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                "train.py", *map(str, args)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    wait_for_step(work, 2, process)
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=120)
+    stderr = process.stderr.read()
+    assert "killed by signal" not in stderr and "exitcode  : -15" not in stderr, stderr[-3000:]
+    assert stderr.count("SIGTERM: saving a checkpoint") == 1, stderr[-3000:]
+    assert "stopped by SIGTERM" in stderr
+    saved = load_checkpoint(list_checkpoints(work / "save")[0])
+    assert saved["world_size"] == 2 and saved["step"] == max(losses(work))
+
+
 def test_find_lr_flag(train_data, tmp_path):
     result = train(*SMALL, "--data_path", train_data, "--work_path", tmp_path / "run", "--find_lr", 5)
     assert result.returncode == 0, result.stderr
