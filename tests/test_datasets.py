@@ -119,8 +119,11 @@ def test_folder_dataset_with_named_classes(tmp_path):
 
 
 def test_open_dataset_errors(tmp_path):
-    with pytest.raises(UserError, match="neither a RecordIO folder"):
+    with pytest.raises(UserError, match="missing: the training data folder does not exist"):
         open_dataset(tmp_path / "missing")
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(UserError, match="neither a RecordIO folder"):
+        open_dataset(tmp_path / "a_file")
     with pytest.raises(UserError, match="no images found"):
         open_dataset(tmp_path)
 
