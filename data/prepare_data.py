@@ -1,6 +1,6 @@
 """Validate and index an emore-style RecordIO folder, convert its verification .bin sets, optionally unpack.
 
-    python data/prepare_data.py [--source data/faces_emore] [--out DIR] [--unpack] [--workers N]
+    python data/prepare_data.py [--source data/faces_emore] [--out DIR] [--unpack] [--pose] [--workers N]
                                 [--skip_decode_check] [--force]
 
 Steps (each with a progress bar, each skipped on a re-run when its outputs are complete):
@@ -8,6 +8,8 @@ Steps (each with a progress bar, each skipped on a re-run when its outputs are c
               [0, num_classes), image bytes (decoded unless --skip_decode_check); writes meta.json
   2. valsets  every *.bin in the source (lfw, agedb_30, cfp_fp, ...) -> <out>/<name>/images.npy, issame.npy
   3. unpack   (--unpack) imgs/<class>/<key>.jpg holding the stored image bytes unchanged
+  4. pose     (--pose) pose.npy: yaw, pitch of every image (MTCNN's O-Net landmarks on the aligned crop +
+              faces.pose.head_pose), NaN where no face is seen; resumable
 Every output is written under a temporary name and renamed, so an interrupted run damages nothing.
 """
 from __future__ import annotations
@@ -214,6 +216,86 @@ def _extension(data) -> str:
     return ".jpg" if bytes(data[:2]) == b"\xff\xd8" else ".png"
 
 
+# ---------------------------------------------------------------- step 4: head pose
+
+POSE_CHUNK = 1024
+
+
+def prepare_pose(source: Path, out: Path, workers: int, force: bool) -> None:
+    """pose.npy: float32 (num_keys, 2) yaw, pitch in degrees by record key (NaN: no face, or not an image),
+    estimated on each aligned crop (`faces.pose.AlignedCropPose`). Resumable: the rows are filled in a partial
+    file whose progress is recorded after every chunk, so a killed run continues where it stopped."""
+    target = out / "pose.npy"
+    reader = RecordReader(source / "train.rec", source / "train.idx")
+    keys = np.sort(detect_layout(reader).image_keys)
+    num_keys = int(max(reader.keys.max(), keys.max())) + 1
+    if target.is_file() and not force and np.load(target, mmap_mode="r").shape == (num_keys, 2):
+        print(f"pose: {target} already complete")
+        return
+    partial, done_path = out / ".pose.npy.partial", out / ".pose.npy.done"
+    chunks = [(i, keys[i:i + POSE_CHUNK]) for i in range(0, len(keys), POSE_CHUNK)]
+    table, done = _open_partial(partial, done_path, num_keys, force)
+    offsets = reader.offsets_of(keys)
+    jobs = [(str(reader.rec_path), chunk_keys, offsets[i:i + POSE_CHUNK]) for i, chunk_keys in chunks[done:]]
+    start = time.perf_counter()
+    with tqdm(total=len(keys), initial=min(done * POSE_CHUNK, len(keys)), desc="pose", unit="img",
+              smoothing=0.1) as bar:
+        for index, (chunk_keys, poses, error) in enumerate(parallel_map(_pose_chunk, jobs, workers), start=done):
+            if error is not None:
+                raise RecordError(error)
+            table[chunk_keys] = poses
+            table.flush()
+            atomic_write_text(done_path, f"{index + 1}\n")
+            bar.update(len(chunk_keys))
+    del table
+    os.replace(partial, target)
+    done_path.unlink(missing_ok=True)
+    rate = sum(len(job[1]) for job in jobs) / max(time.perf_counter() - start, 1e-9)
+    poses = np.load(target, mmap_mode="r")[keys]
+    print(f"pose: {len(keys)} images, {int(np.isnan(poses[:, 0]).sum())} without a face (NaN) -> {target} "
+          f"({rate:.0f} img/s)")
+
+
+def _open_partial(partial: Path, done_path: Path, num_keys: int, force: bool):
+    """The partial table and the number of chunks already in it (0 for a fresh start)."""
+    if not force and partial.is_file() and done_path.is_file():
+        try:
+            table = np.load(partial, mmap_mode="r+")
+            done = int(done_path.read_text())
+            if table.shape == (num_keys, 2):
+                print(f"pose: continuing after {done} chunks of {POSE_CHUNK}")
+                return table, done
+        except (ValueError, OSError):
+            pass
+    table = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(num_keys, 2))
+    table[:] = np.nan
+    table.flush()
+    atomic_write_text(done_path, "0\n")
+    return table, 0
+
+
+_POSE = None   # one estimator per worker process
+
+
+def _pose_chunk(job) -> tuple[np.ndarray, np.ndarray, str | None]:
+    global _POSE
+    rec_path, keys, offsets = job
+    if _POSE is None:
+        import torch
+
+        from faces.pose import AlignedCropPose
+        torch.set_num_threads(1)  # one core per worker process
+        _POSE = AlignedCropPose()
+    buf = _worker_map(rec_path)
+    images = []
+    for key, offset in zip(keys.tolist(), offsets.tolist()):
+        try:
+            images.append(decode_rgb(unpack(read_record_at(buf, offset)[0])[1]))
+        except (ValueError, ImageDecodeError) as err:
+            return keys, None, f"{rec_path}: record key {key} at offset {offset}: {err}"
+    return keys, _POSE(np.stack(images)), None
+
+
 # ---------------------------------------------------------------- CLI
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -223,6 +305,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: --source)")
     parser.add_argument("--unpack", action="store_true",
                         help="also write imgs/<class>/<key>.jpg (TreB1eN's folder layout; not needed to train)")
+    parser.add_argument("--pose", action="store_true",
+                        help="also estimate every image's yaw and pitch into pose.npy (what --head pgaml needs)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes (default: all cores)")
     parser.add_argument("--skip_decode_check", action="store_true",
                         help="check image bytes structurally only, without decoding every image (faster)")
@@ -243,6 +327,8 @@ def main(argv=None) -> int:
     print(f"valsets: {', '.join(names) if names else 'no *.bin files found'}")
     if args.unpack:
         unpack_images(source, out, args.workers, args.force)
+    if args.pose:
+        prepare_pose(source, out, args.workers, args.force)
     print(f"prepared {out}")
     return 0
 

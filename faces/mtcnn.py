@@ -264,6 +264,26 @@ class MTCNN:
         boxes[:, :2] -= 1  # 1-based inclusive -> 0-based half-open
         return [Face(box, float(score), points) for box, score, points in zip(boxes, scores, landmarks)]
 
+    @torch.inference_mode()
+    def landmarks_in_box(self, images: np.ndarray, box) -> tuple[np.ndarray, np.ndarray]:
+        """O-Net alone on one known face box shared by a batch of same-size images (aligned crops, where the
+        face's place is fixed by the alignment): (face probability (N,), landmarks (N, 5, 2) in pixels).
+
+        `images` is uint8 (N, H, W, 3) RGB; `box` (x1, y1, x2, y2) integer pixels, 0-based, end exclusive, may
+        reach outside the images (black there, as in `detect`)."""
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+            raise ValueError(f"expected uint8 images (N, H, W, 3), got {images.dtype} {images.shape}")
+        x1, y1, x2, y2 = (int(v) for v in box)
+        height, width = images.shape[1:3]
+        canvas = np.zeros((len(images), y2 - y1, x2 - x1, 3), np.uint8)
+        sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
+        canvas[:, sy1 - y1:sy2 - y1, sx1 - x1:sx2 - x1] = images[:, sy1:sy2, sx1:sx2]
+        pixels = torch.from_numpy(canvas).to(self.device).permute(0, 3, 1, 2).float()
+        scores, _, points = self._run(self.onet, self._normalise(resize_area(pixels, 48, 48)))
+        landmarks = np.stack([points[:, :5] * (x2 - x1) + x1, points[:, 5:] * (y2 - y1) + y1], axis=2)
+        return scores, landmarks
+
     @staticmethod
     def _normalise(images: torch.Tensor) -> torch.Tensor:
         return (images - 127.5) * 0.0078125

@@ -112,6 +112,54 @@ def head_pose(landmarks, height: int, width: int, focal_scale: float = FOCAL_SCA
     return HeadPose(yaw, pitch, roll, error)
 
 
+# ---------------------------------------------------------------------------- aligned crops (emore records)
+
+# Where O-Net looks in an ArcFace-aligned 112x112 crop: a fixed square around the template's face (centred, so
+# a crop and its mirror are seen alike). Measured on 250 crops of real faces (scikit-image's photos, aligned
+# with random rotations of up to 8 degrees, scales 0.92-1.08 and shifts of up to 4 px, half of them mirrored):
+# one O-Net pass gives a yaw within 4.5 degrees on average of a full MTCNN detection on the same crop, at 25x
+# its speed (~1,000 crops/s on one core against 43); measured with its mirror too (below), ~470 crops/s.
+ALIGNED_FACE_BOX = (12, 20, 100, 108)
+MIN_FACE_SCORE = 0.5     # below this O-Net probability the crop holds no usable face: NaN
+
+
+class AlignedCropPose:
+    """Yaw and pitch of batches of aligned face crops (the records of emore and friends): O-Net's landmarks
+    in `ALIGNED_FACE_BOX`, then `head_pose`; NaN where O-Net sees no face."""
+
+    def __init__(self, detector=None):
+        if detector is None:
+            from faces.mtcnn import MTCNN
+            detector = MTCNN()
+        self.detector = detector
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """float32 (N, 2) yaw, pitch in degrees of uint8 RGB crops (N, S, S, 3) aligned to the ArcFace template.
+
+        Each crop is measured as it is and mirrored, and the two estimates averaged (the mirror's yaw negated;
+        where O-Net sees a face in one of the two only, that one):
+        O-Net is not exactly mirror-symmetric (up to 10 degrees apart at 45 degrees of yaw), and a training
+        set's flip augmentation negates yaw, so a crop and its mirror must get opposite yaws."""
+        size = images.shape[1]
+        box = tuple(round(v * size / 112) for v in ALIGNED_FACE_BOX)
+        direct = self._poses(images, box, size)
+        mirrored = self._poses(np.ascontiguousarray(images[:, :, ::-1]), box, size)
+        mirrored[:, 0] *= -1
+        both = np.stack([direct, mirrored])
+        seen = np.isfinite(both[..., 0])
+        # where O-Net sees the face one way only, that one counts (symmetric still: the mirror sees it the other)
+        return np.where(seen.any(axis=0)[:, None], np.nansum(both, axis=0) / np.maximum(seen.sum(axis=0), 1)[:, None],
+                        np.nan).astype(np.float32)
+
+    def _poses(self, images: np.ndarray, box, size: int) -> np.ndarray:
+        scores, landmarks = self.detector.landmarks_in_box(images, box)
+        out = np.full((len(images), 2), np.nan, dtype=np.float64)
+        for i in np.flatnonzero(scores >= MIN_FACE_SCORE):
+            pose = head_pose(landmarks[i], size, size)
+            out[i] = pose.yaw, pose.pitch
+        return out
+
+
 def mirror_landmarks(landmarks, width: int) -> np.ndarray:
     """The landmarks of the horizontally flipped image, in `LANDMARK_NAMES` order again (the eyes and the mouth
     corners swap places)."""

@@ -160,3 +160,60 @@ def test_bad_bin_keeps_converted_sets(emore):
     assert_user_error(run_cli("--source", emore), "lfw.bin: not a verification .bin pickle")
     assert (emore / "lfw" / "images.npy").read_bytes() == before
     assert np.load(emore / "cfp_fp" / "issame.npy").tolist() == [True, False]
+
+
+# ---------------------------------------------------------------- --pose
+
+def synthetic_copy(train_data, tmp_path) -> tuple[Path, np.ndarray]:
+    """The synthetic training folder without its pose.npy (the renderer's truth, returned)."""
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(train_data, source)
+    truth = np.load(source / "pose.npy")
+    (source / "pose.npy").unlink()
+    return source, truth
+
+
+def test_pose_estimates_every_record(train_data, tmp_path, capsys):
+    source, truth = synthetic_copy(train_data, tmp_path)
+    assert main(["--source", str(source), "--workers", "1", "--pose"]) == 0
+    estimated = np.load(source / "pose.npy")
+    assert estimated.dtype == np.float32 and estimated.shape == truth.shape
+    images = np.isfinite(truth[:, 0])
+    assert np.isnan(estimated[~images]).all()  # header and identity records are not images
+    found = images & np.isfinite(estimated[:, 0])
+    assert found.sum() >= 0.6 * images.sum()  # cartoon faces: O-Net sees ~80% of them as faces
+    assert np.corrcoef(truth[found, 0], estimated[found, 0])[0, 1] > 0.8
+    turned = found & (np.abs(truth[:, 0]) > 30)
+    assert np.mean(np.sign(truth[turned, 0]) == np.sign(estimated[turned, 0])) > 0.95
+    assert f"without a face (NaN) -> {source / 'pose.npy'}" in capsys.readouterr().out
+    assert main(["--source", str(source), "--workers", "1", "--pose"]) == 0
+    assert "already complete" in capsys.readouterr().out and np.array_equal(np.load(source / "pose.npy"), estimated, equal_nan=True)
+
+
+def test_pose_continues_after_an_interruption(train_data, tmp_path, monkeypatch, capsys):
+    import data.prepare_data as prepare
+
+    source, _ = synthetic_copy(train_data, tmp_path)
+    monkeypatch.setattr(prepare, "POSE_CHUNK", 16)  # 80 images: 5 chunks
+    assert main(["--source", str(source), "--out", str(tmp_path / "whole"), "--workers", "1", "--pose"]) == 0
+    whole = np.load(tmp_path / "whole" / "pose.npy")
+
+    real_chunk, calls = prepare._pose_chunk, []
+
+    def killed_at_the_third(job):
+        calls.append(job)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_chunk(job)
+    monkeypatch.setattr(prepare, "_pose_chunk", killed_at_the_third)
+    out = tmp_path / "broken"
+    with pytest.raises(KeyboardInterrupt):
+        main(["--source", str(source), "--out", str(out), "--workers", "1", "--pose"])
+    assert not (out / "pose.npy").exists() and (out / ".pose.npy.done").read_text() == "2\n"
+    monkeypatch.setattr(prepare, "_pose_chunk", real_chunk)
+    assert main(["--source", str(source), "--out", str(out), "--workers", "1", "--pose"]) == 0
+    assert "continuing after 2 chunks" in capsys.readouterr().out
+    assert np.array_equal(np.load(out / "pose.npy"), whole, equal_nan=True)
+    assert not (out / ".pose.npy.partial").exists() and not (out / ".pose.npy.done").exists()
