@@ -2,7 +2,7 @@
 
 The output mirrors the input tree (one identity per sub-folder, as TreB1eN's facebank and image folders
 expect): each photo's face becomes `<out>/<same relative path>.jpg`, a 112x112 JPEG warped to the ArcFace
-template (`faces.pipeline`); with `all_faces` every face is kept as `<name>_<k>.jpg` (k = 0 the most central).
+template (`faces.pipeline`: the same detection and choice as every command); with `all_faces` every face is kept as `<name>_<k>.jpg` (k = 0 the most central).
 Every photo gets metadata rows in `faces.jsonl` (one JSON object per line, appended as photos finish: it is
 also what a re-run resumes from) and, at the end of each run, `faces.csv`: source, output, status
 (`aligned`, `no_face`, `unreadable`), the face's index, score, box (x1, y1, x2, y2), five landmarks, yaw,
@@ -21,6 +21,7 @@ import numpy as np
 
 from data.images import encode_jpeg, read_image_file
 from faces.alignment import ALIGNED_SIZE, align_face
+from faces.pipeline import faces_central_first
 from faces.pose import head_pose
 from utils import UserError, atomic_write_bytes, atomic_write_text, parallel_map
 
@@ -70,21 +71,17 @@ _DETECTOR = None
 
 def align_photo_faces(job: tuple[str, str, str, bool]) -> list[dict]:
     """Detect, align and write the face(s) of one photo; its metadata rows (as dicts)."""
-    from faces.mtcnn import central_face
-
     input_root, out_root, relative, all_faces = job
     try:
         rgb = read_image_file(Path(input_root) / relative)
     except UserError as err:
         return [asdict(FaceRow(relative, "unreadable", message=str(err)))]
-    faces = _DETECTOR.detect(rgb)
+    faces = faces_central_first(_DETECTOR, rgb)
     if not faces:
         return [asdict(FaceRow(relative, "no_face"))]
     height, width = rgb.shape[:2]
-    central = central_face(faces, height, width)
-    ordered = [central] + [face for face in faces if face is not central]
     rows = []
-    for index, face in enumerate(ordered if all_faces else ordered[:1]):
+    for index, face in enumerate(faces if all_faces else faces[:1]):
         name = Path(relative).with_suffix(".jpg")
         output = name.with_name(f"{name.stem}_{index}.jpg") if all_faces else name
         aligned = align_face(rgb, face.landmarks, ALIGNED_SIZE)

@@ -54,17 +54,27 @@ def inset(border: float) -> Callable[[int, int], Box]:
     return box
 
 
+def faces_central_first(detector, rgb: np.ndarray) -> list:
+    """Every face the detector finds, the most central one (`faces.mtcnn.central_face`) first, then the others
+    in the detector's order (most probable first)."""
+    from faces.mtcnn import central_face
+
+    faces = detector.detect(rgb)
+    central = central_face(faces, *rgb.shape[:2])
+    return [central] + [face for face in faces if face is not central] if faces else []
+
+
 def detect_landmarks(detector, rgb: np.ndarray, box: Box | None = None) -> np.ndarray | None:
     """The five landmarks of the face at `box` (IoU >= 0.3 with a detection), or of the photo's most
     central face when no box is given; None when no detection qualifies.
 
     With a box, only the box enlarged by half its size on each side is searched: the same face, and a
     much smaller image than a whole photo."""
-    from faces.mtcnn import central_face, face_in_box
+    from faces.mtcnn import face_in_box
 
     if box is None:
-        face = central_face(detector.detect(rgb), *rgb.shape[:2])
-        return None if face is None else face.landmarks
+        faces = faces_central_first(detector, rgb)
+        return faces[0].landmarks if faces else None
     x, y, width, height = box
     left, top = max(0, int(x - width / 2)), max(0, int(y - height / 2))
     right = min(rgb.shape[1], int(np.ceil(x + 1.5 * width)))
