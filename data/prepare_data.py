@@ -1,7 +1,7 @@
 """Validate and index an emore-style RecordIO folder, convert its verification .bin sets, optionally unpack.
 
-    python data/prepare_data.py [--source data/faces_emore] [--out DIR] [--unpack] [--pose] [--workers N]
-                                [--skip_decode_check] [--force]
+    python data/prepare_data.py [--source data/faces_emore] [--out DIR] [--unpack] [--pose | --pose_file FILE]
+                                [--workers N] [--skip_decode_check] [--force]
 
 Steps (each with a progress bar, each skipped on a re-run when its outputs are complete):
   1. scan     every record of train.rec through train.idx: framing, magic, lengths, labels within
@@ -9,7 +9,7 @@ Steps (each with a progress bar, each skipped on a re-run when its outputs are c
   2. valsets  every *.bin in the source (lfw, agedb_30, cfp_fp, ...) -> <out>/<name>/images.npy, issame.npy
   3. unpack   (--unpack) imgs/<class>/<key>.jpg holding the stored image bytes unchanged
   4. pose     (--pose) pose.npy: yaw, pitch of every image (MTCNN's O-Net landmarks on the aligned crop +
-              faces.pose.head_pose), NaN where no face is seen; resumable
+              faces.pose.head_pose), NaN where no face is seen; resumable. Or (--pose_file) read from a file.
 Every output is written under a temporary name and renamed, so an interrupted run damages nothing.
 """
 from __future__ import annotations
@@ -30,8 +30,9 @@ from tqdm import tqdm
 from data.images import ImageDecodeError, check_image_bytes, decode_rgb
 from data.recordio import (RecordError, RecordLayout, RecordReader, class_label, detect_layout,
                            read_property, read_record_at, unpack)
+from data.pose_file import read_pose_file
 from data.valsets import convert_bin, is_converted
-from utils import CliParser, UserError, atomic_write_bytes, atomic_write_text, parallel_map, run_cli
+from utils import CliParser, UserError, atomic_save_npy, atomic_write_bytes, atomic_write_text, parallel_map, run_cli
 
 CHUNK = 2048
 
@@ -274,6 +275,25 @@ def _open_partial(partial: Path, done_path: Path, num_keys: int, force: bool):
     return table, 0
 
 
+def pose_from_file(source: Path, out: Path, pose_file: Path) -> None:
+    """pose.npy (+ height.npy) from a pose file (`data.pose_file`); skipped rows listed in pose_skipped.txt."""
+    reader = RecordReader(source / "train.rec", source / "train.idx")
+    keys = np.sort(detect_layout(reader).image_keys)
+    num_keys = int(max(reader.keys.max(), keys.max())) + 1
+    table = read_pose_file(pose_file, keys, num_keys)
+    if not table.matched:
+        raise UserError(f"{pose_file}: no row matches an image record of {source / 'train.rec'} "
+                        f"({len(table.skipped)} rows; first: {table.skipped[0] if table.skipped else 'none'})")
+    atomic_save_npy(out / "pose.npy", table.pose)
+    if table.height is not None:
+        atomic_save_npy(out / "height.npy", table.height)
+    skipped = out / "pose_skipped.txt"
+    atomic_write_text(skipped, "".join(line + "\n" for line in table.skipped))
+    print(f"pose: {table.matched} of {len(keys)} images from {pose_file}"
+          f"{' (+ height.npy)' if table.height is not None else ''}; {len(table.skipped)} rows skipped"
+          f"{f' (listed in {skipped})' if table.skipped else ''} -> {out / 'pose.npy'}")
+
+
 _POSE = None   # one estimator per worker process
 
 
@@ -307,6 +327,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="also write imgs/<class>/<key>.jpg (TreB1eN's folder layout; not needed to train)")
     parser.add_argument("--pose", action="store_true",
                         help="also estimate every image's yaw and pitch into pose.npy (what --head pgaml needs)")
+    parser.add_argument("--pose_file", type=Path, default=None,
+                        help="take pose.npy (and height.npy) from this file instead: the PGAML authors' JSON "
+                             "(img_path, yaw, pitch, ...) or a CSV key_or_path,yaw[,pitch][,height]")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes (default: all cores)")
     parser.add_argument("--skip_decode_check", action="store_true",
                         help="check image bytes structurally only, without decoding every image (faster)")
@@ -314,6 +337,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
+    if args.pose and args.pose_file is not None:
+        parser.error("--pose estimates the pose, --pose_file reads it: give one of them")
     return args
 
 
@@ -329,6 +354,8 @@ def main(argv=None) -> int:
         unpack_images(source, out, args.workers, args.force)
     if args.pose:
         prepare_pose(source, out, args.workers, args.force)
+    elif args.pose_file is not None:
+        pose_from_file(source, out, args.pose_file)
     print(f"prepared {out}")
     return 0
 

@@ -217,3 +217,41 @@ def test_pose_continues_after_an_interruption(train_data, tmp_path, monkeypatch,
     assert "continuing after 2 chunks" in capsys.readouterr().out
     assert np.array_equal(np.load(out / "pose.npy"), whole, equal_nan=True)
     assert not (out / ".pose.npy.partial").exists() and not (out / ".pose.npy.done").exists()
+
+
+def test_pose_file_in_the_pgaml_authors_json_and_as_csv(emore, tmp_path, capsys):
+    entries = [{"img_path": "imgs/0/1.jpg", "p_id": 0, "yaw": -35.5, "pitch": 4.0, "landmark_points": [[1, 2]] * 5},
+               {"img_path": "imgs/1/5.jpg", "p_id": 1, "yaw": 12.0, "pitch": -3.0, "landmark_points": []},
+               {"img_path": "elsewhere/photo.jpg", "p_id": 2, "yaw": 1.0, "pitch": 0.0},
+               {"img_path": "imgs/1/6.jpg", "p_id": 1, "yaw": "n/a", "pitch": 0.0}]
+    (tmp_path / "poses.json").write_text(json.dumps(entries))
+    assert main(["--source", str(emore), "--workers", "1", "--pose_file", str(tmp_path / "poses.json")]) == 0
+    pose = np.load(emore / "pose.npy")
+    assert pose.shape == (13, 2) and pose[1].tolist() == [-35.5, 4.0] and pose[5].tolist() == [12.0, -3.0]
+    assert np.isnan(pose[[0, 2, 3, 4, 6]]).all() and not (emore / "height.npy").exists()
+    assert "pose: 2 of 9 images" in capsys.readouterr().out
+    skipped = (emore / "pose_skipped.txt").read_text().splitlines()
+    assert len(skipped) == 2 and "entry 2: 'elsewhere/photo.jpg'" in skipped[0] and "'n/a' is not a number" in skipped[1]
+
+    (tmp_path / "poses.csv").write_text("key_or_path,yaw,pitch,height\n3,20,5,4.5\nimgs/2/9.jpg,-60,,\n42,1,1,1\n")
+    assert main(["--source", str(emore), "--workers", "1", "--pose_file", str(tmp_path / "poses.csv")]) == 0
+    pose, height = np.load(emore / "pose.npy"), np.load(emore / "height.npy")
+    assert pose[3].tolist() == [20.0, 5.0] and pose[9, 0] == -60.0 and np.isnan(pose[9, 1]) and height[3] == 4.5
+    assert np.isnan(height[9]) and "rows skipped" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text, message", [
+    ("3,95\n", "poses.csv:1: yaw 95.0 is outside [-90, 90] degrees"),
+    ("3,10,0,-2\n", "poses.csv:1: height -2.0 m is negative"),
+    ("77,10\n", "poses.csv: no row matches an image record"),
+])
+def test_bad_pose_files_are_one_line(emore, tmp_path, text, message):
+    (tmp_path / "poses.csv").write_text(text)
+    result = run_cli("--source", emore, "--workers", 1, "--pose_file", tmp_path / "poses.csv")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and message in result.stderr
+    assert not (emore / "pose.npy").exists()
+
+
+def test_pose_and_pose_file_exclude_each_other(emore, tmp_path):
+    result = run_cli("--source", emore, "--pose", "--pose_file", tmp_path / "x.csv")
+    assert result.returncode == 2 and "give one of them" in result.stderr
