@@ -222,7 +222,7 @@ def _extension(data) -> str:
 POSE_CHUNK = 1024
 
 
-def prepare_pose(source: Path, out: Path, workers: int, force: bool) -> None:
+def prepare_pose(source: Path, out: Path, workers: int, force: bool, detector: str = "mtcnn") -> None:
     """pose.npy: float32 (num_keys, 2) yaw, pitch in degrees by record key (NaN: no face, or not an image),
     estimated on each aligned crop (`faces.pose.AlignedCropPose`). Resumable: the rows are filled in a partial
     file whose progress is recorded after every chunk, so a killed run continues where it stopped."""
@@ -237,7 +237,7 @@ def prepare_pose(source: Path, out: Path, workers: int, force: bool) -> None:
     chunks = [(i, keys[i:i + POSE_CHUNK]) for i in range(0, len(keys), POSE_CHUNK)]
     table, done = _open_partial(partial, done_path, num_keys, force)
     offsets = reader.offsets_of(keys)
-    jobs = [(str(reader.rec_path), chunk_keys, offsets[i:i + POSE_CHUNK]) for i, chunk_keys in chunks[done:]]
+    jobs = [(str(reader.rec_path), chunk_keys, offsets[i:i + POSE_CHUNK], detector) for i, chunk_keys in chunks[done:]]
     start = time.perf_counter()
     with tqdm(total=len(keys), initial=min(done * POSE_CHUNK, len(keys)), desc="pose", unit="img",
               smoothing=0.1) as bar:
@@ -294,18 +294,23 @@ def pose_from_file(source: Path, out: Path, pose_file: Path) -> None:
           f"{f' (listed in {skipped})' if table.skipped else ''} -> {out / 'pose.npy'}")
 
 
-_POSE = None   # one estimator per worker process
+_POSE: dict = {}   # one estimator per detector and worker process
 
 
 def _pose_chunk(job) -> tuple[np.ndarray, np.ndarray, str | None]:
-    global _POSE
-    rec_path, keys, offsets = job
-    if _POSE is None:
+    rec_path, keys, offsets, detector = job
+    if detector not in _POSE:
+        import cv2
         import torch
 
         from faces.pose import AlignedCropPose
         torch.set_num_threads(1)  # one core per worker process
-        _POSE = AlignedCropPose()
+        cv2.setNumThreads(1)
+        if detector == "yunet":
+            from faces.yunet import YuNet
+            _POSE[detector] = AlignedCropPose(YuNet())
+        else:
+            _POSE[detector] = AlignedCropPose()
     buf = _worker_map(rec_path)
     images = []
     for key, offset in zip(keys.tolist(), offsets.tolist()):
@@ -313,7 +318,7 @@ def _pose_chunk(job) -> tuple[np.ndarray, np.ndarray, str | None]:
             images.append(decode_rgb(unpack(read_record_at(buf, offset)[0])[1]))
         except (ValueError, ImageDecodeError) as err:
             return keys, None, f"{rec_path}: record key {key} at offset {offset}: {err}"
-    return keys, _POSE(np.stack(images)), None
+    return keys, _POSE[detector](np.stack(images)), None
 
 
 # ---------------------------------------------------------------- CLI
@@ -327,6 +332,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="also write imgs/<class>/<key>.jpg (TreB1eN's folder layout; not needed to train)")
     parser.add_argument("--pose", action="store_true",
                         help="also estimate every image's yaw and pitch into pose.npy (what --head pgaml needs)")
+    parser.add_argument("--detector", default="mtcnn", choices=("mtcnn", "yunet"),
+                        help="--pose: MTCNN's O-Net on the crop's fixed face box, or YuNet's detection on the crop")
     parser.add_argument("--pose_file", type=Path, default=None,
                         help="take pose.npy (and height.npy) from this file instead: the PGAML authors' JSON "
                              "(img_path, yaw, pitch, ...) or a CSV key_or_path,yaw[,pitch][,height]")
@@ -353,7 +360,7 @@ def main(argv=None) -> int:
     if args.unpack:
         unpack_images(source, out, args.workers, args.force)
     if args.pose:
-        prepare_pose(source, out, args.workers, args.force)
+        prepare_pose(source, out, args.workers, args.force, args.detector)
     elif args.pose_file is not None:
         pose_from_file(source, out, args.pose_file)
     print(f"prepared {out}")

@@ -124,8 +124,9 @@ MIN_FACE_SCORE = 0.5     # below this O-Net probability the crop holds no usable
 
 
 class AlignedCropPose:
-    """Yaw and pitch of batches of aligned face crops (the records of emore and friends): O-Net's landmarks
-    in `ALIGNED_FACE_BOX`, then `head_pose`; NaN where O-Net sees no face."""
+    """Yaw and pitch of batches of aligned face crops (the records of emore and friends), then `head_pose`; NaN
+    where no face is seen. With MTCNN (the default): O-Net's landmarks in `ALIGNED_FACE_BOX`, one batched pass;
+    with another detector (YuNet): its most central face on each crop."""
 
     def __init__(self, detector=None):
         if detector is None:
@@ -152,11 +153,25 @@ class AlignedCropPose:
                         np.nan).astype(np.float32)
 
     def _poses(self, images: np.ndarray, box, size: int) -> np.ndarray:
+        if not hasattr(self.detector, "landmarks_in_box"):
+            return self._detected_poses(images, size)
         scores, landmarks = self.detector.landmarks_in_box(images, box)
         out = np.full((len(images), 2), np.nan, dtype=np.float64)
         for i in np.flatnonzero(scores >= MIN_FACE_SCORE):
             pose = head_pose(landmarks[i], size, size)
             out[i] = pose.yaw, pose.pitch
+        return out
+
+
+    def _detected_poses(self, images: np.ndarray, size: int) -> np.ndarray:
+        from faces.mtcnn import central_face
+
+        out = np.full((len(images), 2), np.nan, dtype=np.float64)
+        for i, image in enumerate(images):
+            face = central_face(self.detector.detect(image), size, size)
+            if face is not None:
+                pose = head_pose(face.landmarks, size, size)
+                out[i] = pose.yaw, pose.pitch
         return out
 
 

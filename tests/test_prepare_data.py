@@ -255,3 +255,11 @@ def test_bad_pose_files_are_one_line(emore, tmp_path, text, message):
 def test_pose_and_pose_file_exclude_each_other(emore, tmp_path):
     result = run_cli("--source", emore, "--pose", "--pose_file", tmp_path / "x.csv")
     assert result.returncode == 2 and "give one of them" in result.stderr
+
+
+def test_pose_with_the_yunet_detector(train_data, tmp_path, capsys):
+    source, truth = synthetic_copy(train_data, tmp_path)
+    assert main(["--source", str(source), "--workers", "1", "--pose", "--detector", "yunet"]) == 0
+    estimated = np.load(source / "pose.npy")
+    found = np.isfinite(truth[:, 0]) & np.isfinite(estimated[:, 0])
+    assert found.sum() >= 20 and np.corrcoef(truth[found, 0], estimated[found, 0])[0, 1] > 0.7
