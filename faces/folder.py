@@ -27,6 +27,8 @@ from utils import UserError, atomic_write_bytes, atomic_write_text, parallel_map
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 JOURNAL, TABLE, SETTINGS = "faces.jsonl", "faces.csv", "align.json"
+POSE_NOTE = ("yaw, pitch, roll in degrees from the five landmarks (faces/pose.py); pitch rests on the nose tip's "
+             "height between eyes and mouth, which differs between people: the least reliable of the three")
 
 
 @dataclass
@@ -111,11 +113,11 @@ def check_settings(out: Path, settings: dict) -> None:
     """A folder aligned with other settings is not mixed into: one line saying so."""
     path = out / SETTINGS
     if path.is_file():
-        previous = json.loads(path.read_text())
+        previous = json.loads(path.read_text()).get("flags")
         if previous != settings:
             raise UserError(f"{out}: aligned before with {previous}; give the same flags to continue, or a new --out")
     else:
-        atomic_write_text(path, json.dumps(settings, sort_keys=True) + "\n")
+        atomic_write_text(path, json.dumps({"flags": settings, "pose": POSE_NOTE}, indent=1, sort_keys=True) + "\n")
 
 
 def check_folders(input_root: Path, out: Path) -> list[str]:
