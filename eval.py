@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from evaluation import ValSet, evaluate_set, markdown_table, resolve_valsets, write_reports
-from inference.loader import add_flip_argument, add_model_arguments, load_model
+from inference.loader import add_flip_argument, add_model_arguments, conventions_overrides, load_model
 from inference.runtime import AMP_DTYPES
 from utils import CliParser, default_output_dir, run_cli
 
@@ -46,7 +46,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     names = resolve_valsets(args.data_path, args.val_sets)
-    model = load_model(args.model, args.net, args.device)
+    model = load_model(args.model, args.net, args.device, conventions_overrides(args))
     print(model.describe())
     results = []
     for name in names:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from evaluation.protocols.lfw_raw import NO_FACE_CROP, distinct_paths, load_pair_images, read_aligned_file, read_pairs
 from faces.pipeline import PhotoAligner
-from inference.loader import add_flip_argument, add_model_arguments, load_model
+from inference.loader import add_flip_argument, add_model_arguments, conventions_overrides, load_model
 from utils import CliParser, UserError, atomic_path, atomic_write_text, default_output_dir, run_cli
 from verification import save_roc_png, verify
 
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     pairs, num_folds = read_pairs(args.pairs, args.lfw_dir)
     if num_folds < 2:
         raise UserError(f"{args.pairs}: the header declares {num_folds} fold; k-fold verification needs >= 2")
-    model = load_model(args.model, args.net, args.device)
+    model = load_model(args.model, args.net, args.device, conventions_overrides(args))
     print(model.describe())
     read_face = read_aligned_file if args.aligned else photo_aligner(args)
     num_files = len(distinct_paths(pairs))

@@ -224,10 +224,10 @@ def load_aligned(path: Path) -> np.ndarray:
 
 
 def gen_features(args) -> None:
-    from inference.loader import load_model
+    from inference.loader import conventions_overrides, load_model
 
     probes, distractors = _sets(args, args.aligned_dir)
-    model = load_model(args.model, args.net, args.device)
+    model = load_model(args.model, args.net, args.device, conventions_overrides(args))
     print(model.describe())
     for name, paths in (("facescrub", probes.paths), ("megaface", distractors.paths)):
         todo = [p for p in paths if args.force or not feature_path(args.features_dir / name, p, args.algo).is_file()]

@@ -39,15 +39,33 @@ class LoadedModel:
         return f"{self.path}: {self.name} ({self.source} weights, {self.conventions['channel_order']} input)"
 
 
-def load_model(weights_path: str | Path, net: str | None = None, device: str = "cpu") -> LoadedModel:
-    """The backbone of a weights file on `device` (`--device` syntax, 'auto' allowed), in eval mode.
+def load_model(weights_path: str | Path, net: str | None = None, device: str = "cpu",
+               overrides: dict | None = None) -> LoadedModel:
+    """The model of a weights file (ours, TreB1eN's, arcface_torch's `.pth`/`.pt`, or any `.onnx` face model)
+    on `device` (`--device` syntax, 'auto' allowed), in eval mode, with its input conventions; `overrides`
+    (channel_order / mean / std) replace the recorded or recognised ones.
 
     `net` names the architecture where the file's keys cannot tell it; errors are one-line UserErrors."""
-    target = resolve_device(device)
-    network, meta = load_backbone_weights(net, weights_path)
-    network.to(target).eval()
-    conventions = {key: meta[key] for key in INPUT_CONVENTIONS}
-    return LoadedModel(network, conventions, target, meta["backbone"], meta["source"], Path(weights_path))
+    path = Path(weights_path)
+    if path.suffix.lower() == ".onnx":
+        from inference.onnx_models import OnnxBackbone
+
+        network = OnnxBackbone(path)
+        conventions = {key: network.conventions[key] for key in INPUT_CONVENTIONS}
+        loaded = LoadedModel(network, conventions, torch.device("cpu"), "onnx", network.conventions["source"], path)
+    else:
+        target = resolve_device(device)
+        network, meta = load_backbone_weights(net, path)
+        network.to(target).eval()
+        conventions = {key: meta[key] for key in INPUT_CONVENTIONS}
+        loaded = LoadedModel(network, conventions, target, meta["backbone"], meta["source"], path)
+    loaded.conventions.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return loaded
+
+
+def conventions_overrides(args) -> dict:
+    """The `--channel_order / --input_mean / --input_std` a command was given (None where not)."""
+    return {"channel_order": args.channel_order, "mean": args.input_mean, "std": args.input_std}
 
 
 def add_flip_argument(parser, prefix: str = "", dest: str = "flip", aliases: tuple[str, ...] = ()) -> None:
@@ -62,8 +80,17 @@ def add_model_arguments(parser, required: bool = True, prefix: str = "") -> None
     """`--model`, `--net`, `--device` as every command that runs a model spells them (`prefix` starts the help,
     e.g. 'gen_features: ')."""
     parser.add_argument("--model", type=Path, required=required,
-                        help=f"{prefix}weights file: a checkpoint or model_*.pth of ours, TreB1eN's or arcface_torch's")
+                        help=f"{prefix}weights file: a checkpoint or model_*.pth of ours, TreB1eN's or arcface_torch's, "
+                             "or an .onnx face model")
     parser.add_argument("--net", default=None, choices=list_backbones(),
                         help=f"{prefix}architecture, when it cannot be recognised from the file")
     parser.add_argument("--device", default=default_device(),
-                        help=f"{prefix}where the model runs: cpu, cuda, cuda:N (default: %(default)s)")
+                        help=f"{prefix}where the model runs: cpu, cuda, cuda:N (default: %(default)s; ONNX models run on "
+                             "the CPU through onnxruntime)")
+    parser.add_argument("--channel_order", choices=("RGB", "BGR"), default=None,
+                        help=f"{prefix}the model's input channel order (default: recorded in the file or recognised)")
+    parser.add_argument("--input_mean", type=float, default=None,
+                        help=f"{prefix}input = (x/255 - mean) / std: mean (default: recorded or recognised; 0.5 ours)")
+    parser.add_argument("--input_std", type=float, default=None,
+                        help=f"{prefix}input = (x/255 - mean) / std: std (default: recorded or recognised; 0.5 ours, "
+                             "1/255 for a graph that takes raw 0..255 pixels)")

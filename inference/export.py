@@ -1,0 +1,55 @@
+"""Exporting a backbone to ONNX with its input conventions, checked against PyTorch before the file appears.
+
+The conventions (channel order, mean, std, input size) go into the ONNX metadata (`METADATA_KEY`), so the file
+loads back through `inference.loader.load_model` fed as the weights were trained (TreB1eN's weights: BGR). The
+export is written to a temporary name, run by onnxruntime and PyTorch on the same batch, and renamed into place
+only when every embedding agrees (cosine >= `PARITY_COSINE`); otherwise nothing is written.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from inference.onnx_models import METADATA_KEY, OnnxBackbone
+from utils import UserError, atomic_path
+
+PARITY_COSINE = 0.9999
+OPSET = 17
+
+
+def export_onnx(network: torch.nn.Module, conventions: dict, out: str | Path, dynamic_batch: bool = True,
+                check_batch: int = 4, seed: int = 0) -> float:
+    """Write `network` (an EmbeddingModel) as ONNX to `out`; returns the smallest parity cosine."""
+    import onnx
+
+    network = network.float().eval().cpu()
+    height, width = conventions.get("input_size", [112, 112])
+    batch = check_batch if dynamic_batch else 1
+    images = torch.rand((batch, 3, height, width), generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    with atomic_path(out) as tmp:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice and tracer chatter
+            torch.onnx.export(network, images[:1], str(tmp), input_names=["data"], output_names=["embedding"],
+                              dynamic_axes={"data": {0: "batch"}, "embedding": {0: "batch"}} if dynamic_batch else None,
+                              opset_version=OPSET, dynamo=False)
+        model = onnx.load(str(tmp))
+        entry = model.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, json.dumps({k: conventions[k] for k in
+                                                           ("channel_order", "mean", "std", "input_size")})
+        onnx.save(model, str(tmp))
+        with torch.inference_mode():
+            expected = network(images).numpy()
+        got = OnnxBackbone(tmp)(images).numpy()
+        cosine = float(np.min(np.sum(_unit(expected) * _unit(got), axis=1)))
+        if not cosine >= PARITY_COSINE:
+            raise UserError(f"{out}: the ONNX export disagrees with PyTorch (smallest cosine {cosine:.6f} < "
+                            f"{PARITY_COSINE}); nothing written")
+    return cosine
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

@@ -1,0 +1,61 @@
+"""Image files -> aligned faces for embed.py and verify.py: aligned 112x112 crops as they are, or photos
+through detection + alignment (`faces.pipeline`, the most central face). A file that cannot be read, or a photo
+without a face, is a failure with its reason, never a silent gap: callers keep the input order."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from data.images import read_aligned_face, read_image_file
+from faces.alignment import ALIGNED_SIZE, align_face
+from faces.pipeline import faces_central_first
+from utils import UserError
+
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def list_images(source: Path) -> list[Path]:
+    """Every image under a folder (sorted), or the paths a text file lists one per line (relative ones from the
+    list's folder)."""
+    if source.is_dir():
+        found = sorted(p for p in source.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(source).parts))
+        if not found:
+            raise UserError(f"{source}: no images found ({', '.join(PHOTO_SUFFIXES)})")
+        return found
+    if source.is_file():
+        lines = [line.strip() for line in source.read_text(errors="replace").splitlines() if line.strip()]
+        if not lines:
+            raise UserError(f"{source}: an empty list of images")
+        return [Path(line) if Path(line).is_absolute() else source.parent / line for line in lines]
+    raise UserError(f"{source}: --input not found (a folder of images or a text file listing them)")
+
+
+class FaceReader:
+    """`reader(path)` -> (uint8 CHW aligned face, None) or (None, why it failed)."""
+
+    def __init__(self, aligned: bool, detector=None):
+        if not aligned and detector is None:
+            raise ValueError("photos need a detector")
+        self.aligned, self.detector = aligned, detector
+
+    def __call__(self, path: Path) -> tuple[np.ndarray | None, str | None]:
+        try:
+            if self.aligned:
+                return read_aligned_face(path, ALIGNED_SIZE, " (leave out --aligned to detect and align photos)"), None
+            rgb = read_image_file(path)
+        except UserError as err:
+            return None, str(err)
+        faces = faces_central_first(self.detector, rgb)
+        if not faces:
+            return None, f"{path}: no face found"
+        return align_face(rgb, faces[0].landmarks, ALIGNED_SIZE).transpose(2, 0, 1), None
+
+
+def make_detector(name: str = "mtcnn", device: str = "cpu"):
+    if name == "yunet":
+        from faces.yunet import YuNet
+        return YuNet()
+    from faces.mtcnn import MTCNN
+    return MTCNN(device=device)
