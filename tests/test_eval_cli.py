@@ -87,3 +87,18 @@ def test_eval_reports_what_training_logged(train_data, tmp_path):
     without_flip = run_eval("--model", work / "save" / "model_latest.pth", "--data_path", train_data, "--val_sets",
                             "lfw", "--no_flip", "--out", tmp_path / "report2")
     assert without_flip.returncode == 0 and "| lfw" in without_flip.stdout
+
+
+def test_eval_an_onnx_export_gives_the_same_table(setup):
+    from inference.export import export_onnx
+    from inference.loader import load_model
+
+    ours = load_model(setup / "model_mobilefacenet.pth")
+    export_onnx(ours.network, ours.conventions, setup / "model.onnx")
+    rows = []
+    for name in ("model_mobilefacenet.pth", "model.onnx"):
+        result = run_eval("--model", setup / name, "--data_path", setup, "--val_sets", "lfw", "--folds", "2",
+                          "--out", setup / f"report_{name}")
+        assert result.returncode == 0, result.stderr
+        rows.append(next(line for line in result.stdout.splitlines() if line.startswith("| lfw")))
+    assert rows[0].split(" | ")[:6] == rows[1].split(" | ")[:6]
