@@ -77,6 +77,40 @@ def recognised_conventions(model, image_input) -> dict:
             "source": "onnx"}
 
 
+def graph_constants(model) -> dict[str, np.ndarray]:
+    """Every constant tensor of a graph by name: initializers and Constant nodes' outputs."""
+    import onnx
+    from onnx import numpy_helper
+
+    constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    for node in model.graph.node:
+        for attribute in node.attribute if node.op_type == "Constant" else ():
+            if attribute.name == "value":
+                constants[node.output[0]] = numpy_helper.to_array(attribute.t)
+            elif attribute.name in ("value_float", "value_floats"):
+                constants[node.output[0]] = np.asarray(onnx.helper.get_attribute_value(attribute), np.float32)
+    return constants
+
+
+def conventions_without_the_graph(path: str | Path) -> dict:
+    """The conventions of the file's weights once converted to PyTorch (`inference.onnx_import`): the graph's own
+    input Sub/Mul is not carried over, so its constants become the mean and std (`(x - 127.5) * 0.0078125` ->
+    mean 0.5, std 0.502); ours keep what they recorded."""
+    path = Path(path)
+    model = _load_graph(path)
+    image_input, _ = _image_input(model, path)
+    conventions = recognised_conventions(model, image_input)
+    if conventions.pop("source") == "ours" or conventions["std"] != RAW_PIXELS["std"]:
+        return conventions
+    constants = graph_constants(model)
+    first = next(node for node in model.graph.node if node.input and node.input[0] == image_input.name)
+    second = next(node for node in model.graph.node if node.input and node.input[0] == first.output[0])
+    values = {node.op_type: float(np.asarray(constants.get(node.input[1], np.nan)).mean()) for node in (first, second)}
+    if not all(np.isfinite(list(values.values()))):
+        raise UserError(f"{path}: the input's Sub/Mul constants could not be read")
+    return {**conventions, "mean": values["Sub"] / 255.0, "std": 1.0 / (255.0 * values["Mul"])}
+
+
 class OnnxBackbone:
     """An ONNX embedding model behind the interface `embed_images` uses of a backbone: `model(x)` on a float
     NCHW tensor -> (N, E) tensor; `eval()` / `train()` / `training` are accepted (an ONNX graph has no modes)."""

@@ -60,6 +60,8 @@ def load_backbone_weights(model_or_name: nn.Module | str | None, path: str | Pat
     mismatching key.
     """
     path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        return _load_onnx_weights(model_or_name, path)
     state, recorded = _read_weights_file(path)
     family = _family_of(state, path)
     build = isinstance(model_or_name, str) or model_or_name is None
@@ -85,6 +87,22 @@ def load_backbone_weights(model_or_name: nn.Module | str | None, path: str | Pat
     source = "ours" if recorded is not None else family
     conventions = {**INPUT_CONVENTIONS, "channel_order": SOURCE_CHANNEL_ORDER[source], **(recorded or {})}
     return model, {"source": source, "backbone": name, **conventions}
+
+
+def _load_onnx_weights(model_or_name, path: Path):
+    """An ONNX export's weights in our matching backbone (`inference.onnx_import`), e.g. to fine-tune it."""
+    from inference.onnx_import import backbone_from_onnx
+    from inference.onnx_models import conventions_without_the_graph
+
+    wanted = model_or_name if isinstance(model_or_name, str) or model_or_name is None else \
+        getattr(_unwrap(model_or_name), "arch", None)
+    converted, name = backbone_from_onnx(path, wanted)
+    if isinstance(model_or_name, nn.Module):
+        target = _unwrap(model_or_name)
+        target.load_state_dict(converted.state_dict(), strict=True)
+        converted = model_or_name
+    conventions = conventions_without_the_graph(path)
+    return converted, {"source": "onnx", "backbone": name, **{k: conventions[k] for k in INPUT_CONVENTIONS}}
 
 
 def _read_weights_file(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
