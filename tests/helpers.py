@@ -67,3 +67,17 @@ def mtcnn_photos() -> dict[str, np.ndarray]:
     return {"astronaut": astronaut, "camera": camera,
             "astronaut_rotated_20": rotate_photo(astronaut, 20, (224, 120))[0],
             "group": group}
+
+
+def interrupt_at_call(monkeypatch, module, name: str, call: int):
+    """Make `module.name` raise KeyboardInterrupt on its `call`-th call (a run killed mid-way); returns the real
+    function, to put back for the run that resumes."""
+    real, calls = getattr(module, name), []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(module, name, interrupted)
+    return real

@@ -13,7 +13,7 @@ import pytest
 import align
 from data.recordio import RecordReader, class_label
 from tests.conftest import ROOT
-from tests.helpers import mtcnn_photos, skimage_photo
+from tests.helpers import interrupt_at_call, mtcnn_photos, skimage_photo
 from utils import UserError
 
 
@@ -80,14 +80,7 @@ def test_a_killed_run_continues_where_it_stopped(photos, tmp_path, monkeypatch, 
 
     whole = tmp_path / "whole"
     assert align.main(["--input", str(photos), "--out", str(whole)]) == 0
-    real, calls = folder.align_photo_faces, []
-
-    def killed_at_the_fourth(job):
-        calls.append(job)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real(job)
-    monkeypatch.setattr(folder, "align_photo_faces", killed_at_the_fourth)
+    real = interrupt_at_call(monkeypatch, folder, "align_photo_faces", 4)
     out = tmp_path / "broken"
     with pytest.raises(KeyboardInterrupt):
         align.main(["--input", str(photos), "--out", str(out)])

@@ -9,7 +9,7 @@ import pytest
 from data.prepare_data import main
 from data.recordio import RecordReader, class_label
 from data.valsets import load_valset, write_bin
-from tests.helpers import jpeg, write_emore
+from tests.helpers import interrupt_at_call, jpeg, write_emore
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures" / "mxnet"
@@ -200,14 +200,7 @@ def test_pose_continues_after_an_interruption(train_data, tmp_path, monkeypatch,
     assert main(["--source", str(source), "--out", str(tmp_path / "whole"), "--workers", "1", "--pose"]) == 0
     whole = np.load(tmp_path / "whole" / "pose.npy")
 
-    real_chunk, calls = prepare._pose_chunk, []
-
-    def killed_at_the_third(job):
-        calls.append(job)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_chunk(job)
-    monkeypatch.setattr(prepare, "_pose_chunk", killed_at_the_third)
+    real_chunk = interrupt_at_call(monkeypatch, prepare, "_pose_chunk", 3)
     out = tmp_path / "broken"
     with pytest.raises(KeyboardInterrupt):
         main(["--source", str(source), "--out", str(out), "--workers", "1", "--pose"])
