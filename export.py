@@ -2,6 +2,7 @@
 
     python export.py --model work_space/save/model_final.pth --out model.onnx [--format onnx] [--no_dynamic_batch]
     python export.py --model backbone.onnx --format pth --out model_r50.pth    # ONNX -> our backbone, to fine-tune
+    python export.py --model work_space/save/model_final.pth --format torchscript --out model.pt
 
 Any weights file `eval.py` reads (ours, TreB1eN's, arcface_torch's). The ONNX file records the channel order,
 mean, std and input size in its metadata, so every command here loads it back the way the weights were
@@ -17,7 +18,7 @@ from pathlib import Path
 from inference.loader import add_model_arguments, conventions_overrides, load_model
 from utils import CliParser, UserError, run_cli
 
-FORMATS = ("onnx", "pth")
+FORMATS = ("onnx", "torchscript", "pth")
 
 
 def parse_args(argv=None):
@@ -53,10 +54,15 @@ def main(argv=None) -> int:
         return onnx_to_pth(args)
     if args.model.suffix.lower() == ".onnx":
         raise UserError(f"{args.model}: already an ONNX model (--format pth converts it to PyTorch weights)")
-    from inference.export import export_onnx
+    from inference.export import export_onnx, export_torchscript
 
     model = load_model(args.model, args.net, "cpu", conventions_overrides(args))
     print(model.describe())
+    if args.format == "torchscript":
+        cosine = export_torchscript(model.network, model.conventions, args.out)
+        print(f"wrote {args.out} ({model.name}, TorchScript; conventions in its extra file input_conventions.json); "
+              f"the reloaded module agrees to cosine {cosine:.6f}")
+        return 0
     cosine = export_onnx(model.network, model.conventions, args.out, args.dynamic_batch)
     order = model.conventions["channel_order"]
     print(f"wrote {args.out} ({model.name}, {order} input recorded in its metadata); onnxruntime and PyTorch agree "

@@ -51,5 +51,31 @@ def export_onnx(network: torch.nn.Module, conventions: dict, out: str | Path, dy
     return cosine
 
 
+TORCHSCRIPT_CONVENTIONS = "input_conventions.json"  # the extra file of a TorchScript export that holds them
+
+
+def export_torchscript(network: torch.nn.Module, conventions: dict, out: str | Path, check_batch: int = 4,
+                       seed: int = 0) -> float:
+    """Trace `network` to TorchScript at `out` (the conventions in its extra file `input_conventions.json`), kept only
+    when the reloaded module agrees with PyTorch on another batch size; returns the smallest cosine."""
+    network = network.float().eval().cpu()
+    height, width = conventions.get("input_size", [112, 112])
+    images = torch.rand((check_batch, 3, height, width), generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    extra = {TORCHSCRIPT_CONVENTIONS: json.dumps({k: conventions[k] for k in ("channel_order", "mean", "std",
+                                                                                "input_size")})}
+    with atomic_path(out) as tmp:
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on data-dependent Python values
+            traced = torch.jit.trace(network, images[:1])
+            torch.jit.save(traced, str(tmp), _extra_files=extra)
+            reloaded = torch.jit.load(str(tmp))
+            expected, got = network(images).numpy(), reloaded(images).numpy()
+        cosine = float(np.min(np.sum(_unit(expected) * _unit(got), axis=1)))
+        if not cosine >= PARITY_COSINE:
+            raise UserError(f"{out}: the TorchScript export disagrees with PyTorch (smallest cosine {cosine:.6f}); "
+                            "nothing written")
+    return cosine
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

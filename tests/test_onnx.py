@@ -114,3 +114,19 @@ def test_export_cli(tmp_path, network):
     again = subprocess.run([sys.executable, "export.py", "--model", str(tmp_path / "m.onnx"), "--out",
                             str(tmp_path / "n.onnx")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "already an ONNX model" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_torchscript_export_keeps_its_conventions(tmp_path, network):
+    import json
+
+    from inference.export import TORCHSCRIPT_CONVENTIONS, export_torchscript
+
+    torch.save(network.state_dict(), tmp_path / "model_ir.pth")  # TreB1eN-style: BGR
+    treb1en = load_model(tmp_path / "model_ir.pth")
+    assert export_torchscript(treb1en.network, treb1en.conventions, tmp_path / "model.pt") >= 0.9999
+    extra = {TORCHSCRIPT_CONVENTIONS: ""}
+    scripted = torch.jit.load(str(tmp_path / "model.pt"), _extra_files=extra)
+    assert json.loads(extra[TORCHSCRIPT_CONVENTIONS])["channel_order"] == "BGR"
+    x = torch.rand(5, 3, 112, 112)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), network(x), atol=1e-5, rtol=1e-4)
