@@ -12,7 +12,7 @@ from training import build
 def machine(monkeypatch):
     def set_machine(cores: int, load: float):
         monkeypatch.setattr(build.os, "sched_getaffinity", lambda pid: set(range(cores)))
-        monkeypatch.setattr(build.os, "getloadavg", lambda: (load, load, load))
+        monkeypatch.setattr(build, "busy_cores", lambda: load)
     return set_machine
 
 
@@ -23,7 +23,7 @@ def test_a_cpu_run_uses_the_free_cores(machine):
     machine(2, 0.2)
     plan = build.cpu_plan(Config(), CPU)
     assert (plan.workers, plan.threads) == (1, 2)
-    assert plan.describe() == "1 data worker, 2 torch threads (2 cores, load 0.2)"
+    assert plan.describe() == "1 data worker, 2 torch threads (2 cores, 0.2 busy)"
     machine(2, 1.3)  # another job on one of the two cores: oversubscribing it slows every step
     assert build.cpu_plan(Config(), CPU).threads == 1
     machine(2, 5.0)
@@ -48,3 +48,8 @@ def test_the_config_wins(machine):
     plan = build.cpu_plan(Config(num_workers=3, num_threads=5), CPU)
     assert (plan.workers, plan.threads) == (3, 5)
     assert build.cpu_plan(Config(num_workers=0), CPU).describe().startswith("0 data workers")
+
+
+def test_busy_cores_measures_the_machine_now():
+    busy = build.busy_cores(0.05)
+    assert 0.0 <= busy <= (build.os.cpu_count() or 1) + 1e-6

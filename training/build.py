@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -109,11 +110,29 @@ class CpuPlan:
     workers: int
     threads: int
     cores: int           # cores this process may use (its affinity, shared among the ranks on the machine)
-    load: float          # the machine's 1-minute load average when the run started
+    busy: float          # cores other jobs kept busy when the run started
 
     def describe(self) -> str:
         return (f"{self.workers} data worker{'s' * (self.workers != 1)}, {self.threads} torch "
-                f"thread{'s' * (self.threads != 1)} ({self.cores} cores, load {self.load:.1f})")
+                f"thread{'s' * (self.threads != 1)} ({self.cores} cores, {self.busy:.1f} busy)")
+
+
+def busy_cores(window_s: float = 0.3) -> float:
+    """How many cores are busy right now: the machine's non-idle time over a short window (/proc/stat), not the
+    1-minute load average, which still counts a job that has just ended. Elsewhere the load average."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]), idle
+    try:
+        total0, idle0 = sample()
+        time.sleep(window_s)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0]
+    elapsed = max(total1 - total0, 1)
+    return (os.cpu_count() or 1) * (1.0 - (idle1 - idle0) / elapsed)
 
 
 def cpu_plan(config: Config, device: torch.device, local_world_size: int = 1) -> CpuPlan:
@@ -125,7 +144,8 @@ def cpu_plan(config: Config, device: torch.device, local_world_size: int = 1) ->
     since a thread count that followed the load would change the float results from run to run; on a GPU
     the cores the workers leave, up to 4 (the host only feeds the GPU)."""
     cores = max(1, len(os.sched_getaffinity(0)) // max(1, local_world_size))
-    load = os.getloadavg()[0]
+    needs_load = config.num_threads is None and device.type == "cpu" and not config.deterministic
+    load = busy_cores() if needs_load else 0.0
     workers = config.num_workers
     if workers is None:
         workers = 1 if device.type == "cpu" else min(8, max(1, cores // 2))
