@@ -19,14 +19,13 @@ Conventions: input is an RGB uint8 HxWx3 photo (the networks were trained on RGB
 from __future__ import annotations
 
 import importlib.util
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from faces.detection import Face, central_face, face_in_box, overlaps  # noqa: F401 - re-exported
 from utils import UserError
 
 WEIGHTS_PACKAGE = "facenet_pytorch"  # the import name of the PyPI wheel facenet-pytorch
@@ -124,33 +123,6 @@ def find_weights_dir(weights_dir: str | Path | None = None) -> Path:
         raise UserError(f"{folder / missing[0]}: MTCNN weight file not found "
                                 f"(expected {', '.join(WEIGHT_FILES)} in {folder})")
     return folder
-
-
-@dataclass
-class Face:
-    """One detection: box (x1, y1, x2, y2), O-Net's face probability, landmarks (5, 2) as (x, y)."""
-    box: np.ndarray
-    score: float
-    landmarks: np.ndarray
-
-    @property
-    def size(self) -> float:
-        return float(math.sqrt(max(0.0, (self.box[2] - self.box[0]) * (self.box[3] - self.box[1]))))
-
-
-def overlaps(box: np.ndarray, boxes: np.ndarray, mode: str = "union") -> np.ndarray:
-    """Overlap of one (x1, y1, x2, y2) box with each of `boxes` (N, 4): intersection over union
-    (`mode="union"`) or over the smaller of the two (`"min"`); 0 where the denominator is 0."""
-    if mode not in ("union", "min"):
-        raise ValueError(f"mode must be 'union' or 'min', got {mode!r}")
-    box, boxes = np.asarray(box, dtype=np.float64), np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    width = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
-    height = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
-    intersection = width * height
-    area = max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
-    areas = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
-    denominator = area + areas - intersection if mode == "union" else np.minimum(area, areas)
-    return np.divide(intersection, denominator, out=np.zeros_like(intersection), where=denominator > 0)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "union") -> np.ndarray:
@@ -352,28 +324,3 @@ class MTCNN:
         boxes = apply_offsets(boxes, offsets)
         keep = nms(boxes, scores, 0.7, mode="min")
         return boxes[keep], scores[keep], landmarks[keep]
-
-
-def central_face(faces: list[Face], height: int, width: int, centre_weight: float = 2.0) -> Face | None:
-    """The face a portrait crop is about (LFW, a facebank photo): the largest box area minus
-    `centre_weight` times its centre's squared distance from the photo's centre (facenet-pytorch's
-    "center_weighted_size"); None when there is no face."""
-    if not faces:
-        return None
-
-    def merit(face: Face) -> float:
-        x1, y1, x2, y2 = face.box
-        offset = ((x1 + x2) / 2 - width / 2) ** 2 + ((y1 + y2) / 2 - height / 2) ** 2
-        return (x2 - x1) * (y2 - y1) - centre_weight * offset
-
-    return max(faces, key=merit)
-
-
-def face_in_box(faces: list[Face], box_xyxy, min_iou: float = 0.3) -> Face | None:
-    """The detection that best overlaps a known face box (a dataset's annotation), if its IoU is at
-    least `min_iou`; None otherwise."""
-    if not faces:
-        return None
-    iou = overlaps(box_xyxy, np.stack([face.box for face in faces]))
-    best = int(np.argmax(iou))
-    return faces[best] if iou[best] >= min_iou else None

@@ -4,7 +4,7 @@ facebank and align.py to come).
 `align_photo` chooses how a face is aligned, in this order, and says which it used (`AlignedFace.how`):
 
 1. `"detected"`: a detector's five landmarks: the face matching a known `box` (a data set's annotation)
-   where one is given, else the photo's most central face (`faces.mtcnn.central_face`);
+   where one is given, else the photo's most central face (`faces.detection.central_face`);
 2. `"landmarks"`: landmarks given with the photo (MegaFace's JSON: two eyes and the nose);
 3. `"box"`: a square crop of the given face box;
 4. `"fallback"`: a fixed crop of the photo (`centre_square` for portrait sets such as LFW, `inset` for
@@ -55,9 +55,9 @@ def inset(border: float) -> Callable[[int, int], Box]:
 
 
 def faces_central_first(detector, rgb: np.ndarray) -> list:
-    """Every face the detector finds, the most central one (`faces.mtcnn.central_face`) first, then the others
+    """Every face the detector finds, the most central one (`faces.detection.central_face`) first, then the others
     in the detector's order (most probable first)."""
-    from faces.mtcnn import central_face
+    from faces.detection import central_face
 
     faces = detector.detect(rgb)
     central = central_face(faces, *rgb.shape[:2])
@@ -70,7 +70,7 @@ def detect_landmarks(detector, rgb: np.ndarray, box: Box | None = None) -> np.nd
 
     With a box, only the box enlarged by half its size on each side is searched: the same face, and a
     much smaller image than a whole photo."""
-    from faces.mtcnn import face_in_box
+    from faces.detection import face_in_box
 
     if box is None:
         faces = faces_central_first(detector, rgb)

