@@ -3,19 +3,18 @@
     python verify.py --model M IMG1 IMG2 [--aligned] [--threshold T] [--no_flip] [--detector mtcnn|yunet]
 
 Photos are detected and aligned (the most central face); `--aligned` takes 112x112 crops as they are. The
-threshold is `--threshold`, else the one recorded beside the model (a `"threshold"` in its JSON), else none:
-then only the similarity is printed. TreB1eN's face_verify compares squared L2 distances of unit embeddings
+threshold is `--threshold`, else the one recorded beside the model (a `"threshold"` in its JSON), else the one
+published with it (OpenCV's 0.363 for SFace), else none: then only the similarity is printed. TreB1eN's face_verify compares squared L2 distances of unit embeddings
 instead; they are the same test, d^2 = 2 - 2 cos, and are printed too.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from inference.faces_in_files import FaceReader, make_detector
-from inference.loader import add_flip_argument, add_model_arguments, conventions_overrides, load_model
+from inference.loader import add_flip_argument, add_model_arguments, conventions_overrides, load_model, model_threshold
 from utils import CliParser, UserError, run_cli
 
 
@@ -35,16 +34,6 @@ def parse_args(argv=None):
     return args
 
 
-def recorded_threshold(model_path: Path) -> float | None:
-    """A threshold stored beside the weights (`<model>.json`'s "threshold"), if any."""
-    meta = model_path.with_suffix(".json")
-    try:
-        value = json.loads(meta.read_text()).get("threshold") if meta.is_file() else None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        return None
-    return float(value) if isinstance(value, (int, float)) else None
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     for path in args.images:
@@ -60,7 +49,7 @@ def main(argv=None) -> int:
         faces.append(face)
     first, second = model.embed(np.stack(faces), flip=args.flip)
     cosine = float(np.dot(first, second))
-    threshold = args.threshold if args.threshold is not None else recorded_threshold(args.model)
+    threshold = args.threshold if args.threshold is not None else model_threshold(args.model)
     print(f"cosine similarity {cosine:.4f} (squared L2 distance {2 - 2 * cosine:.4f}, TreB1eN's measure)")
     if threshold is None:
         print("no threshold recorded with this model: give --threshold T to decide (see README)")

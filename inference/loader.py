@@ -63,6 +63,25 @@ def load_model(weights_path: str | Path, net: str | None = None, device: str = "
     return loaded
 
 
+# Thresholds published with a model (cosine), used when nothing is recorded with it: OpenCV's for SFace.
+DOCUMENTED_THRESHOLDS = {"face_recognition_sface_2021dec": 0.363}
+
+
+def model_threshold(model_path: str | Path) -> float | None:
+    """The same-person cosine threshold of a model: a `"threshold"` recorded in the JSON beside its weights, else
+    the one published with it (`DOCUMENTED_THRESHOLDS`, by file name), else None."""
+    import json
+
+    meta = Path(model_path).with_suffix(".json")
+    try:
+        value = json.loads(meta.read_text()).get("threshold") if meta.is_file() else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        value = None
+    if isinstance(value, (int, float)):
+        return float(value)
+    return next((v for prefix, v in DOCUMENTED_THRESHOLDS.items() if Path(model_path).stem.startswith(prefix)), None)
+
+
 def conventions_overrides(args) -> dict:
     """The `--channel_order / --input_mean / --input_std` a command was given (None where not)."""
     return {"channel_order": args.channel_order, "mean": args.input_mean, "std": args.input_std}
