@@ -81,3 +81,19 @@ def interrupt_at_call(monkeypatch, module, name: str, call: int):
         return real(*args, **kwargs)
     monkeypatch.setattr(module, name, interrupted)
     return real
+
+
+def write_photo(path: Path, rgb: np.ndarray) -> None:
+    """An RGB photo written as the file its suffix names (folders created)."""
+    import cv2
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.ascontiguousarray(rgb[:, :, ::-1]))
+
+
+def run_command(script: str, *args, timeout: float = 300):
+    """`python <script> <args>` from the repository root, as a user runs it."""
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run([sys.executable, script, *map(str, args)], cwd=root, capture_output=True, text=True,
+                          timeout=timeout)

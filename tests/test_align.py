@@ -13,13 +13,8 @@ import pytest
 import align
 from data.recordio import RecordReader, class_label
 from tests.conftest import ROOT
-from tests.helpers import interrupt_at_call, mtcnn_photos, skimage_photo
+from tests.helpers import interrupt_at_call, mtcnn_photos, skimage_photo, write_photo
 from utils import UserError
-
-
-def write_photo(path, rgb) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), np.ascontiguousarray(rgb[:, :, ::-1]))
 
 
 @pytest.fixture(scope="module")

@@ -2,28 +2,17 @@
 face model (OpenCV's SFace) telling the same person from another."""
 from __future__ import annotations
 
-import subprocess
-import sys
 
-import cv2
 import numpy as np
 import pytest
 
 from faces.alignment import align_face
 from faces.mtcnn import MTCNN
-from tests.conftest import ROOT
-from tests.helpers import mtcnn_photos, skimage_photo
+from tests.helpers import mtcnn_photos, run_command, skimage_photo, write_photo
 from tests.test_onnx import SFACE
 
 
-def run(script, *args):
-    return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
-
-
-def write(path, rgb):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), np.ascontiguousarray(rgb[:, :, ::-1]))
+run, write = run_command, write_photo
 
 
 @pytest.fixture(scope="module")
