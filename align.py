@@ -20,14 +20,11 @@ from tqdm import tqdm
 
 from utils import CliParser, run_cli
 
-DETECTORS = ("mtcnn", "yunet")
-
-
 def parse_args(argv=None):
     parser = CliParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", type=Path, required=True, help="photos, one identity per sub-folder")
     parser.add_argument("--out", type=Path, required=True, help="aligned faces and faces.csv (created)")
-    parser.add_argument("--detector", default="mtcnn", choices=DETECTORS, help="face detector")
+    parser.add_argument("--detector", default="mtcnn", choices=("mtcnn", "yunet"), help="face detector")
     parser.add_argument("--mtcnn_weights", type=Path, default=None,
                         help="folder with MTCNN's pnet.pt, rnet.pt, onet.pt (default: the facenet-pytorch wheel's)")
     parser.add_argument("--yunet_model", type=Path, default=None,
@@ -53,23 +50,17 @@ def parse_args(argv=None):
     return args
 
 
-def make_detector(args):
-    if args.detector == "yunet":
-        from faces.yunet import YuNet
-        return YuNet(args.yunet_model)
-    from faces.mtcnn import MTCNN
-    from inference.runtime import resolve_device
-    return MTCNN(weights_dir=args.mtcnn_weights, min_face_size=args.min_face_size, device=resolve_device(args.device))
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
+    from faces.pipeline import make_detector
     from faces.folder import align_folder, check_folders
+    from inference.runtime import resolve_device
 
     photos = check_folders(args.input, args.out)
-    detector = make_detector(args)
+    detector = make_detector(args.detector, resolve_device(args.device), args.mtcnn_weights, args.min_face_size,
+                             args.yunet_model)
     if args.workers > 1:
         torch.set_num_threads(1)  # each forked worker runs the detector on one core
     with tqdm(total=len(photos), desc="align", unit="photo", leave=False) as bar:

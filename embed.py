@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from inference.faces_in_files import FaceReader, list_images, make_detector
+from faces.pipeline import make_detector
+from inference.faces_in_files import FaceReader, list_images
 from inference.loader import add_flip_argument, add_model_arguments, conventions_overrides, load_model
 from utils import CliParser, UserError, atomic_save_npy, atomic_write_text, run_cli
 

@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     from data.images import read_image_file
     from faces.alignment import align_face
     from inference.facebank import Facebank, check_model, identify
-    from inference.faces_in_files import make_detector
+    from faces.pipeline import make_detector
     from inference.loader import conventions_overrides, load_model, model_threshold
 
     bank = Facebank.load(args.bank)

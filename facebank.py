@@ -42,7 +42,8 @@ def main(argv=None) -> int:
             print(f"{name}: {len(bank.people[name]['embeddings'])} photos")
         print(f"{len(bank.names)} people; {len(bank.failed)} photos left out" + "".join(f"\n  {f}" for f in bank.failed))
         return 0
-    from inference.faces_in_files import FaceReader, make_detector
+    from faces.pipeline import make_detector
+    from inference.faces_in_files import FaceReader
     from inference.loader import conventions_overrides, load_model
 
     model = load_model(args.model, args.net, args.device, conventions_overrides(args))

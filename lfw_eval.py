@@ -60,9 +60,9 @@ def parse_args(argv=None):
 
 
 def photo_aligner(args) -> PhotoAligner:
-    from faces.mtcnn import MTCNN
+    from faces.pipeline import make_detector
 
-    detector = MTCNN(weights_dir=args.mtcnn_weights, min_face_size=args.min_face_size, device=args.device)
+    detector = make_detector("mtcnn", args.device, args.mtcnn_weights, args.min_face_size)
     return PhotoAligner(detector, NO_FACE_CROP, root=args.lfw_dir, save_to=args.save_aligned)
 
 

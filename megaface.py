@@ -194,8 +194,8 @@ def crop_one(job: tuple[str, str, bool, bool]) -> str:
 def crop_megaface(args) -> None:
     global _DETECTOR
     if args.detect:
-        from faces.mtcnn import MTCNN
-        _DETECTOR = MTCNN(weights_dir=args.mtcnn_weights)
+        from faces.pipeline import make_detector
+        _DETECTOR = make_detector("mtcnn", mtcnn_weights=args.mtcnn_weights)
         if args.workers > 1:
             torch.set_num_threads(1)  # each forked worker runs the detector on one core
     parts = []

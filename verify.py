@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.faces_in_files import FaceReader, make_detector
+from faces.pipeline import make_detector
+from inference.faces_in_files import FaceReader
 from inference.loader import add_flip_argument, add_model_arguments, conventions_overrides, load_model, model_threshold
 from utils import CliParser, UserError, run_cli
 

@@ -78,3 +78,22 @@ def read_aligned_face(path, size: int = 112, hint: str = "") -> np.ndarray:
     if rgb.shape[:2] != (size, size):
         raise UserError(f"{path}: expected an aligned {size}x{size} face, got {rgb.shape[1]}x{rgb.shape[0]}{hint}")
     return rgb.transpose(2, 0, 1)
+
+
+# The photo formats the detection commands read (align.py, embed.py, the facebank): OpenCV decodes them all.
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def photo_files(root, recursive: bool = True) -> list[str]:
+    """Every photo under `root` (below it with `recursive`, else directly in it), as sorted paths relative to it;
+    hidden files and folders are left out."""
+    from pathlib import Path
+
+    root = Path(root)
+    found = []
+    for path in root.rglob("*") if recursive else root.iterdir():
+        relative = path.relative_to(root)
+        if path.suffix.lower() in PHOTO_SUFFIXES and path.is_file() and not any(
+                part.startswith(".") for part in relative.parts):
+            found.append(relative.as_posix())
+    return sorted(found)

@@ -227,9 +227,7 @@ def prepare_pose(source: Path, out: Path, workers: int, force: bool, detector: s
     estimated on each aligned crop (`faces.pose.AlignedCropPose`). Resumable: the rows are filled in a partial
     file whose progress is recorded after every chunk, so a killed run continues where it stopped."""
     target = out / "pose.npy"
-    reader = RecordReader(source / "train.rec", source / "train.idx")
-    keys = np.sort(detect_layout(reader).image_keys)
-    num_keys = int(max(reader.keys.max(), keys.max())) + 1
+    reader, keys, num_keys = _image_keys(source)
     if target.is_file() and not force and np.load(target, mmap_mode="r").shape == (num_keys, 2):
         print(f"pose: {target} already complete")
         return
@@ -257,6 +255,13 @@ def prepare_pose(source: Path, out: Path, workers: int, force: bool, detector: s
           f"({rate:.0f} img/s)")
 
 
+def _image_keys(source: Path) -> tuple[RecordReader, np.ndarray, int]:
+    """The reader, the image records' keys (sorted) and the rows a per-key table needs (largest key + 1)."""
+    reader = RecordReader(source / "train.rec", source / "train.idx")
+    keys = np.sort(detect_layout(reader).image_keys)
+    return reader, keys, int(max(reader.keys.max(), keys.max())) + 1
+
+
 def _open_partial(partial: Path, done_path: Path, num_keys: int, force: bool):
     """The partial table and the number of chunks already in it (0 for a fresh start)."""
     if not force and partial.is_file() and done_path.is_file():
@@ -277,9 +282,7 @@ def _open_partial(partial: Path, done_path: Path, num_keys: int, force: bool):
 
 def pose_from_file(source: Path, out: Path, pose_file: Path) -> None:
     """pose.npy (+ height.npy) from a pose file (`data.pose_file`); skipped rows listed in pose_skipped.txt."""
-    reader = RecordReader(source / "train.rec", source / "train.idx")
-    keys = np.sort(detect_layout(reader).image_keys)
-    num_keys = int(max(reader.keys.max(), keys.max())) + 1
+    _, keys, num_keys = _image_keys(source)
     table = read_pose_file(pose_file, keys, num_keys)
     if not table.matched:
         raise UserError(f"{pose_file}: no row matches an image record of {source / 'train.rec'} "
@@ -303,14 +306,11 @@ def _pose_chunk(job) -> tuple[np.ndarray, np.ndarray, str | None]:
         import cv2
         import torch
 
+        from faces.pipeline import make_detector
         from faces.pose import AlignedCropPose
         torch.set_num_threads(1)  # one core per worker process
         cv2.setNumThreads(1)
-        if detector == "yunet":
-            from faces.yunet import YuNet
-            _POSE[detector] = AlignedCropPose(YuNet())
-        else:
-            _POSE[detector] = AlignedCropPose()
+        _POSE[detector] = AlignedCropPose(make_detector(detector))
     buf = _worker_map(rec_path)
     images = []
     for key, offset in zip(keys.tolist(), offsets.tolist()):

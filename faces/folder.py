@@ -19,13 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from data.images import encode_jpeg, read_image_file
+from data.images import PHOTO_SUFFIXES, encode_jpeg, photo_files, read_image_file
 from faces.alignment import ALIGNED_SIZE, align_face
 from faces.pipeline import faces_central_first
 from faces.pose import head_pose
 from utils import UserError, atomic_write_bytes, atomic_write_text, parallel_map
 
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 JOURNAL, TABLE, SETTINGS = "faces.jsonl", "faces.csv", "align.json"
 POSE_NOTE = ("yaw, pitch, roll in degrees from the five landmarks (faces/pose.py); pitch rests on the nose tip's "
              "height between eyes and mouth, which differs between people: the least reliable of the three")
@@ -54,17 +53,6 @@ class Summary:
     faces: int = 0
     no_face: int = 0
     unreadable: int = 0
-
-
-def photo_files(root: Path) -> list[str]:
-    """Every photo under `root`, as sorted paths relative to it (hidden files and folders left out)."""
-    found = []
-    for path in root.rglob("*"):
-        relative = path.relative_to(root)
-        if path.suffix.lower() in PHOTO_SUFFIXES and path.is_file() and not any(
-                part.startswith(".") for part in relative.parts):
-            found.append(relative.as_posix())
-    return sorted(found)
 
 
 # With workers: the detector is made before the processes fork (they inherit it; the parent runs no inference).

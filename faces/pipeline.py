@@ -124,3 +124,20 @@ class PhotoAligner:
             relative = path.relative_to(self.root) if self.root is not None else Path(path.name)
             atomic_write_bytes(self.save_to / relative, encode_jpeg(face.image, quality=95), durable=False)
         return face.chw()
+
+
+DETECTORS = ("mtcnn", "yunet")
+
+
+def make_detector(name: str = "mtcnn", device: str = "cpu", mtcnn_weights=None, min_face_size: float = 20.0,
+                  yunet_model=None):
+    """The detector every command builds from its `--detector` (and MTCNN's / YuNet's own) flags; imported
+    here only when asked for, so neither backend's dependencies load with this module."""
+    if name == "yunet":
+        from faces.yunet import YuNet
+        return YuNet(yunet_model)
+    if name != "mtcnn":
+        raise ValueError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")
+    from faces.mtcnn import MTCNN
+    return MTCNN(weights_dir=mtcnn_weights, min_face_size=min_face_size, device=device)
+

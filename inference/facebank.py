@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.faces_in_files import PHOTO_SUFFIXES
+from data.images import photo_files
 from utils import UserError, atomic_path, atomic_write_text
 
 BANK_ARRAYS, BANK_INDEX = "facebank.npz", "facebank.json"
@@ -79,7 +79,7 @@ def person_photos(bank: Path) -> dict[str, list[Path]]:
         raise UserError(f"{bank}: facebank folder not found (one sub-folder of photos per person)")
     people = {}
     for folder in sorted(p for p in bank.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file())
+        photos = [folder / name for name in photo_files(folder, recursive=False)]
         if photos:
             people[folder.name] = photos
     if not people:

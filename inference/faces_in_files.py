@@ -7,23 +7,19 @@ from pathlib import Path
 
 import numpy as np
 
-from data.images import read_aligned_face, read_image_file
+from data.images import PHOTO_SUFFIXES, photo_files, read_aligned_face, read_image_file
 from faces.alignment import ALIGNED_SIZE, align_face
 from faces.pipeline import faces_central_first
 from utils import UserError
-
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
 
 def list_images(source: Path) -> list[Path]:
     """Every image under a folder (sorted), or the paths a text file lists one per line (relative ones from the
     list's folder)."""
     if source.is_dir():
-        found = sorted(p for p in source.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file()
-                       and not any(part.startswith(".") for part in p.relative_to(source).parts))
+        found = photo_files(source)
         if not found:
             raise UserError(f"{source}: no images found ({', '.join(PHOTO_SUFFIXES)})")
-        return found
+        return [source / relative for relative in found]
     if source.is_file():
         lines = [line.strip() for line in source.read_text(errors="replace").splitlines() if line.strip()]
         if not lines:
@@ -52,10 +48,3 @@ class FaceReader:
             return None, f"{path}: no face found"
         return align_face(rgb, faces[0].landmarks, ALIGNED_SIZE).transpose(2, 0, 1), None
 
-
-def make_detector(name: str = "mtcnn", device: str = "cpu"):
-    if name == "yunet":
-        from faces.yunet import YuNet
-        return YuNet()
-    from faces.mtcnn import MTCNN
-    return MTCNN(device=device)
