@@ -43,11 +43,7 @@ def export_onnx(network: torch.nn.Module, conventions: dict, out: str | Path, dy
         onnx.save(model, str(tmp))
         with torch.inference_mode():
             expected = network(images).numpy()
-        got = OnnxBackbone(tmp)(images).numpy()
-        cosine = float(np.min(np.sum(_unit(expected) * _unit(got), axis=1)))
-        if not cosine >= PARITY_COSINE:
-            raise UserError(f"{out}: the ONNX export disagrees with PyTorch (smallest cosine {cosine:.6f} < "
-                            f"{PARITY_COSINE}); nothing written")
+        cosine = _parity(expected, OnnxBackbone(tmp)(images).numpy(), out, "ONNX")
     return cosine
 
 
@@ -70,10 +66,17 @@ def export_torchscript(network: torch.nn.Module, conventions: dict, out: str | P
             torch.jit.save(traced, str(tmp), _extra_files=extra)
             reloaded = torch.jit.load(str(tmp))
             expected, got = network(images).numpy(), reloaded(images).numpy()
-        cosine = float(np.min(np.sum(_unit(expected) * _unit(got), axis=1)))
-        if not cosine >= PARITY_COSINE:
-            raise UserError(f"{out}: the TorchScript export disagrees with PyTorch (smallest cosine {cosine:.6f}); "
-                            "nothing written")
+        cosine = _parity(expected, got, out, "TorchScript")
+    return cosine
+
+
+def _parity(expected: np.ndarray, got: np.ndarray, out, kind: str) -> float:
+    """The smallest cosine between PyTorch's and the export's embeddings; below PARITY_COSINE the export fails
+    (inside `atomic_path`, so nothing is written)."""
+    cosine = float(np.min(np.sum(_unit(expected) * _unit(got), axis=1)))
+    if not cosine >= PARITY_COSINE:
+        raise UserError(f"{out}: the {kind} export disagrees with PyTorch (smallest cosine {cosine:.6f} < "
+                        f"{PARITY_COSINE}); nothing written")
     return cosine
 
 

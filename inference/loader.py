@@ -16,7 +16,7 @@ import torch
 from inference.conventions import INPUT_CONVENTIONS
 from inference.embedding import embed_images
 from inference.runtime import default_device, resolve_device
-from inference.weights import load_backbone_weights
+from inference.weights import load_backbone_weights, metadata_path
 from model import list_backbones
 
 
@@ -72,7 +72,7 @@ def model_threshold(model_path: str | Path) -> float | None:
     the one published with it (`DOCUMENTED_THRESHOLDS`, by file name), else None."""
     import json
 
-    meta = Path(model_path).with_suffix(".json")
+    meta = metadata_path(model_path)
     try:
         value = json.loads(meta.read_text()).get("threshold") if meta.is_file() else None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
