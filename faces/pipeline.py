@@ -23,6 +23,7 @@ import numpy as np
 
 from data.images import encode_jpeg, read_image_file
 from faces.alignment import ALIGNED_SIZE, align_face, crop_box
+from utils import atomic_write_bytes
 
 Box = tuple[float, float, float, float]   # x, y, width, height
 # MTCNN's smallest window: a search region smaller than this holds no detectable face
@@ -115,8 +116,6 @@ class PhotoAligner:
         self.fallbacks: list[Path] = []
 
     def __call__(self, path: Path) -> np.ndarray:
-        from utils import atomic_write_bytes
-
         face = align_photo(read_image_file(path), self.detector, fallback=self.fallback)
         if face.how == "fallback":
             self.fallbacks.append(path)
