@@ -1,13 +1,14 @@
 """Export a trained backbone to ONNX, with its input conventions, checked against PyTorch (or back).
 
     python export.py --model work_space/save/model_final.pth --out model.onnx [--format onnx] [--no_dynamic_batch]
+                     [--fp16]
     python export.py --model backbone.onnx --format pth --out model_r50.pth    # ONNX -> our backbone, to fine-tune
     python export.py --model work_space/save/model_final.pth --format torchscript --out model.pt
 
 Any weights file `eval.py` reads (ours, TreB1eN's, arcface_torch's). The ONNX file records the channel order,
 mean, std and input size in its metadata, so every command here loads it back the way the weights were
 trained (TreB1eN's: BGR). Before the file appears, onnxruntime and PyTorch embed the same batch and must agree
-(cosine >= 0.9999); batches of any size work unless --no_dynamic_batch. `--format pth` maps an ONNX face model
+(cosine >= 0.9999; 0.999 for a float16 export with --fp16); batches of any size work unless --no_dynamic_batch. `--format pth` maps an ONNX face model
 (arcface_torch's IResNet exports, the insightface zoo's r50/r100, our exports) onto our matching backbone
 (`inference/onnx_import.py`); `train.py --pretrained FILE.onnx` does the same on the fly.
 """
@@ -28,7 +29,13 @@ def parse_args(argv=None):
     parser.add_argument("--format", default="onnx", choices=FORMATS, help="export format")
     parser.add_argument("--no_dynamic_batch", dest="dynamic_batch", action="store_false",
                         help="fix the batch size to 1 (default: any batch size)")
-    return parser.parse_args(argv)
+    parser.add_argument("--fp16", action="store_true",
+                        help="ONNX in float16 (weights, input and output; half the file size), checked against the "
+                             "float32 model to cosine >= 0.999")
+    args = parser.parse_args(argv)
+    if args.fp16 and args.format != "onnx":
+        parser.error(f"--fp16 applies to --format onnx, not {args.format}")
+    return args
 
 
 def onnx_to_pth(args) -> int:
@@ -63,10 +70,10 @@ def main(argv=None) -> int:
         print(f"wrote {args.out} ({model.name}, TorchScript; conventions in its extra file input_conventions.json); "
               f"the reloaded module agrees to cosine {cosine:.6f}")
         return 0
-    cosine = export_onnx(model.network, model.conventions, args.out, args.dynamic_batch)
+    cosine = export_onnx(model.network, model.conventions, args.out, args.dynamic_batch, fp16=args.fp16)
     order = model.conventions["channel_order"]
-    print(f"wrote {args.out} ({model.name}, {order} input recorded in its metadata); onnxruntime and PyTorch agree "
-          f"to cosine {cosine:.6f}")
+    print(f"wrote {args.out} ({model.name}{', float16' if args.fp16 else ''}, {order} input recorded in its "
+          f"metadata); onnxruntime and PyTorch agree to cosine {cosine:.6f}")
     return 0
 
 

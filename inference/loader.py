@@ -56,7 +56,9 @@ def load_model(weights_path: str | Path, net: str | None = None, device: str = "
     else:
         target = resolve_device(device)
         network, meta = load_backbone_weights(net, path)
-        network.to(target).eval()
+        # channels_last weights: 1.8x the embeddings/s of contiguous ones for MobileFaceNet on 2 CPU cores, 1.2x
+        # for IR-SE50 (perf/inference.py); the outputs are the same to float rounding
+        network.to(target, memory_format=torch.channels_last).eval()
         conventions = {key: meta[key] for key in INPUT_CONVENTIONS}
         loaded = LoadedModel(network, conventions, target, meta["backbone"], meta["source"], path)
     loaded.conventions.update({k: v for k, v in (overrides or {}).items() if v is not None})

@@ -68,10 +68,11 @@ def main() -> int:
         model = load_model(path)
         sface = batched(lambda x: model.embed(x, args.batch), images)
     print(f"embeddings/s with flip TTA, {args.threads} threads, batch {args.batch} ({args.images} images)")
-    print(f"{'backbone':14s} {'TreB1eN loop':>13s} {'torch fp32':>11s} {'channels_last':>14s} {'onnxruntime':>12s}"
+    print(f"{'backbone':14s} {'TreB1eN loop':>13s} {'torch fp32':>11s} {'channels_last*':>14s} {'onnxruntime':>12s}"
           f" {'best / loop':>12s}")
     for name, baseline, fp32, last, ort in rows:
         print(f"{name:14s} {baseline:13.1f} {fp32:11.1f} {last:14.1f} {ort:12.1f} {max(fp32, last, ort) / baseline:11.1f}x")
+    print("* channels_last weights: what inference.loader.load_model gives every command (embed.py, eval.py, ...)")
     if sface is not None:
         print(f"{'SFace (ONNX)':14s} {'':13s} {'':11s} {'':14s} {sface:12.1f}")
     return 0

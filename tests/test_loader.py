@@ -30,7 +30,9 @@ def test_our_export_loads_with_its_conventions(tmp_path, network):
     assert (loaded.name, loaded.source, loaded.device.type) == ("mobilefacenet", "ours", "cpu")
     assert loaded.conventions == INPUT_CONVENTIONS and not loaded.network.training
     assert "mobilefacenet (ours weights, RGB input)" in loaded.describe()
-    images = faces()
+    convs = [m.weight for m in loaded.network.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)  # the faster CPU layout
+    images = faces()  # ... giving the same embeddings as the contiguous network
     np.testing.assert_allclose(loaded.embed(images, batch_size=2), embed_images(network, images), atol=1e-5)
 
 

@@ -130,3 +130,31 @@ def test_torchscript_export_keeps_its_conventions(tmp_path, network):
     x = torch.rand(5, 3, 112, 112)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), network(x), atol=1e-5, rtol=1e-4)
+
+
+def test_fp16_export_is_half_the_size_and_agrees(tmp_path, network):
+    save_backbone_weights(network, tmp_path / "model_final.pth")
+    ours = load_model(tmp_path / "model_final.pth")
+    export_onnx(ours.network, ours.conventions, tmp_path / "fp32.onnx")
+    cosine = export_onnx(ours.network, ours.conventions, tmp_path / "fp16.onnx", fp16=True)
+    assert 0.999 <= cosine < 1.0 + 1e-6
+    assert next(ours.network.parameters()).dtype == torch.float32  # the caller's network is not converted
+    size_ratio = (tmp_path / "fp16.onnx").stat().st_size / (tmp_path / "fp32.onnx").stat().st_size
+    assert 0.4 < size_ratio < 0.6
+    half = load_model(tmp_path / "fp16.onnx")
+    assert half.network.input_type == np.float16 and half.conventions == ours.conventions
+    images = faces(6, seed=3)
+    got, expected = half.embed(images), ours.embed(images)
+    assert got.dtype == np.float32 and np.min(np.sum(got * expected, axis=1)) >= 0.999
+
+
+def test_fp16_export_that_overflows_writes_nothing(tmp_path):
+    class Loud(torch.nn.Module):  # activations of 1e10: fine in float32, inf in float16
+        def forward(self, x):
+            return x.flatten(1)[:, :8] * 1e5 * 1e5
+
+    conventions = {"channel_order": "RGB", "mean": 0.5, "std": 0.5, "input_size": [112, 112]}
+    assert export_onnx(Loud(), conventions, tmp_path / "fp32.onnx") >= 0.9999
+    with pytest.raises(UserError, match="fp16.onnx: the fp16 ONNX export gives non-finite embeddings"):
+        export_onnx(Loud(), conventions, tmp_path / "fp16.onnx", fp16=True)
+    assert not (tmp_path / "fp16.onnx").exists()
