@@ -5,7 +5,7 @@
 
 The bank folder holds one sub-folder of photos per person (TreB1eN's `data/facebank/<name>/*.jpg`). `build`
 writes facebank.npz + facebank.json into it; a rebuild embeds again only the people whose photos changed.
-Photos without a usable face are listed, not used.
+Photos without a usable face are listed, not used; 112x112 images (take_pic.py's) are taken as aligned faces.
 """
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def main(argv=None) -> int:
     from inference.loader import conventions_overrides, load_model
 
     model = load_model(args.model, args.net, args.device, conventions_overrides(args))
-    read = FaceReader(args.aligned, None if args.aligned else make_detector(args.detector, args.device))
+    read = FaceReader(args.aligned, None if args.aligned else make_detector(args.detector, args.device),
+                      accept_aligned=True)  # take_pic.py's crops
     bank, report = build_bank(args.bank, model, read, args.flip)
     print(f"{args.bank}: {len(bank.names)} people ({report['embedded']} embedded, {report['reused']} unchanged), "
           f"{sum(len(p['embeddings']) for p in bank.people.values())} photos used, {len(bank.failed)} left out"

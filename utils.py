@@ -56,16 +56,18 @@ def run_cli(main: Callable[[], int | None]) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, durable: bool = True, keep_suffix: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds.
 
     A crash or an error inside the block leaves any earlier `path` untouched and removes the
     temporary file, so readers never see a half-written output. `durable` flushes the data to disk
-    before the rename (skip it only for many small files whose loss a re-run repairs).
+    before the rename (skip it only for many small files whose loss a re-run repairs). `keep_suffix`
+    ends the temporary name with `path`'s suffix, for writers that choose a format by it (OpenCV's).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    suffix = f".tmp{path.suffix}" if keep_suffix else ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
     os.close(fd)
     tmp = Path(tmp)

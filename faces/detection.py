@@ -61,3 +61,21 @@ def face_in_box(faces: list[Face], box_xyxy, min_iou: float = 0.3) -> Face | Non
     iou = overlaps(box_xyxy, np.stack([face.box for face in faces]))
     best = int(np.argmax(iou))
     return faces[best] if iou[best] >= min_iou else None
+
+
+def match_boxes(boxes_a, boxes_b, min_iou: float = 0.3) -> list[tuple[int, int]]:
+    """Pairs (i, j) of the same face in two lists of (x1, y1, x2, y2) boxes (consecutive video frames): greedily the
+    highest intersection over union first, each box used once, none below `min_iou`."""
+    boxes_a = np.asarray(boxes_a, dtype=np.float64).reshape(-1, 4)
+    boxes_b = np.asarray(boxes_b, dtype=np.float64).reshape(-1, 4)
+    if not len(boxes_a) or not len(boxes_b):
+        return []
+    iou = np.stack([overlaps(box, boxes_b) for box in boxes_a])
+    pairs = []
+    for flat in np.argsort(-iou, axis=None):
+        i, j = divmod(int(flat), iou.shape[1])
+        if iou[i, j] < min_iou:
+            break
+        if all(i != a and j != b for a, b in pairs):
+            pairs.append((i, j))
+    return pairs

@@ -29,12 +29,15 @@ def list_images(source: Path) -> list[Path]:
 
 
 class FaceReader:
-    """`reader(path)` -> (uint8 CHW aligned face, None) or (None, why it failed)."""
+    """`reader(path)` -> (uint8 CHW aligned face, None) or (None, why it failed).
 
-    def __init__(self, aligned: bool, detector=None):
+    `accept_aligned`: a photo of exactly the aligned size is taken as an aligned face already (TreB1eN's facebank
+    rule: take_pic.py saves aligned crops beside people's photos)."""
+
+    def __init__(self, aligned: bool, detector=None, accept_aligned: bool = False):
         if not aligned and detector is None:
             raise ValueError("photos need a detector")
-        self.aligned, self.detector = aligned, detector
+        self.aligned, self.detector, self.accept_aligned = aligned, detector, accept_aligned
 
     def __call__(self, path: Path) -> tuple[np.ndarray | None, str | None]:
         try:
@@ -43,6 +46,8 @@ class FaceReader:
             rgb = read_image_file(path)
         except UserError as err:
             return None, str(err)
+        if self.accept_aligned and rgb.shape[:2] == (ALIGNED_SIZE, ALIGNED_SIZE):
+            return rgb.transpose(2, 0, 1), None
         faces = faces_central_first(self.detector, rgb)
         if not faces:
             return None, f"{path}: no face found"
