@@ -109,7 +109,12 @@ def draw_names(rgb: np.ndarray, faces: list[NamedFace], show_score: bool = False
         colour = (0, 0, 255) if face.name == UNKNOWN else (0, 200, 0)
         cv2.rectangle(bgr, (x1, y1), (x2, y2), colour, thickness)
         label = f"{face.name} {face.score:.2f}" if show_score else face.name
-        cv2.putText(bgr, label, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness, colour, thickness)
+        scale = 0.45 * thickness
+        (width, height), baseline = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        top = max(0, y1 - height - baseline - 2)  # the label sits on the box, on a filled strip to stay legible
+        cv2.rectangle(bgr, (x1, top), (x1 + width + 2, top + height + baseline + 2), colour, cv2.FILLED)
+        cv2.putText(bgr, label, (x1 + 1, top + height + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
+                    thickness, cv2.LINE_AA)
     return bgr
 
 
