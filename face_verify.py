@@ -169,7 +169,8 @@ def main(argv=None) -> int:
     model = load_model(args.model, args.net, args.device, conventions_overrides(args))
     detector = make_detector(args.detector, args.device, min_face_size=max(args.min_face_size, 12.0))
     if args.update:
-        _, report = build_bank(args.bank, model, FaceReader(False, detector, accept_aligned=True), args.flip)
+        read = FaceReader(False, detector, accept_aligned=True, one_person=True)
+        _, report = build_bank(args.bank, model, read, args.flip)
         print(f"{args.bank}: facebank updated ({report['embedded']} people embedded, {report['reused']} unchanged)")
     bank = Facebank.load(args.bank)
     check_model(bank, model, args.bank)

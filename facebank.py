@@ -48,7 +48,7 @@ def main(argv=None) -> int:
 
     model = load_model(args.model, args.net, args.device, conventions_overrides(args))
     read = FaceReader(args.aligned, None if args.aligned else make_detector(args.detector, args.device),
-                      accept_aligned=True)  # take_pic.py's crops
+                      accept_aligned=True, one_person=True)  # take_pic.py's crops
     bank, report = build_bank(args.bank, model, read, args.flip)
     print(f"{args.bank}: {len(bank.names)} people ({report['embedded']} embedded, {report['reused']} unchanged), "
           f"{sum(len(p['embeddings']) for p in bank.people.values())} photos used, {len(bank.failed)} left out"

@@ -79,3 +79,9 @@ def match_boxes(boxes_a, boxes_b, min_iou: float = 0.3) -> list[tuple[int, int]]
         if all(i != a and j != b for a, b in pairs):
             pairs.append((i, j))
     return pairs
+
+
+def rivals(faces: list[Face], chosen: Face, min_ratio: float = 0.6) -> list[Face]:
+    """The other faces at least `min_ratio` of the chosen face's size: a photo meant to show one person (a facebank
+    photo) with rivals does not say which face is theirs."""
+    return [face for face in faces if face is not chosen and face.size >= min_ratio * chosen.size]

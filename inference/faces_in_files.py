@@ -9,6 +9,7 @@ import numpy as np
 
 from data.images import PHOTO_SUFFIXES, photo_files, read_aligned_face, read_image_file
 from faces.alignment import ALIGNED_SIZE, align_face
+from faces.detection import rivals
 from faces.pipeline import faces_central_first
 from utils import UserError
 
@@ -32,12 +33,14 @@ class FaceReader:
     """`reader(path)` -> (uint8 CHW aligned face, None) or (None, why it failed).
 
     `accept_aligned`: a photo of exactly the aligned size is taken as an aligned face already (TreB1eN's facebank
-    rule: take_pic.py saves aligned crops beside people's photos)."""
+    rule: take_pic.py saves aligned crops beside people's photos). `one_person`: a photo with other faces nearly as
+    large as the central one is a failure (`faces.detection.rivals`): whose face it is is not clear."""
 
-    def __init__(self, aligned: bool, detector=None, accept_aligned: bool = False):
+    def __init__(self, aligned: bool, detector=None, accept_aligned: bool = False, one_person: bool = False):
         if not aligned and detector is None:
             raise ValueError("photos need a detector")
-        self.aligned, self.detector, self.accept_aligned = aligned, detector, accept_aligned
+        self.aligned, self.detector = aligned, detector
+        self.accept_aligned, self.one_person = accept_aligned, one_person
 
     def __call__(self, path: Path) -> tuple[np.ndarray | None, str | None]:
         try:
@@ -51,5 +54,8 @@ class FaceReader:
         faces = faces_central_first(self.detector, rgb)
         if not faces:
             return None, f"{path}: no face found"
+        if self.one_person and rivals(faces, faces[0]):
+            return None, (f"{path}: {1 + len(rivals(faces, faces[0]))} faces of similar size, so whose photo it is is "
+                          "not clear (crop it to the person)")
         return align_face(rgb, faces[0].landmarks, ALIGNED_SIZE).transpose(2, 0, 1), None
 
