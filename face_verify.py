@@ -14,7 +14,6 @@ carries the names to the frames between by box overlap. With no --image/--video,
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from utils import CliParser, UserError, atomic_write_bytes, run_cli
@@ -54,7 +53,8 @@ def parse_args(argv=None):
     parser.add_argument("-u", "--update", action="store_true", help="rebuild the facebank with this model first")
     parser.add_argument("--detector", default="mtcnn", choices=("mtcnn", "yunet"), help="face detector")
     add_flip_argument(parser)
-    parser.add_argument("-tta", "--tta", action="store_true", help=argparse.SUPPRESS)  # TreB1eN's; flip is on already
+    parser.add_argument("-tta", "--tta", action="store_true",
+                        help="TreB1eN's flag for flip test-time augmentation, which is on already (see --no_flip)")
     args = parser.parse_args(argv)
     if args.every < 1:
         parser.error(f"--every must be >= 1, got {args.every}")

@@ -27,6 +27,8 @@ def parse_args(argv=None):
     build.add_argument("--aligned", action="store_true", help="the photos are aligned 112x112 faces already")
     build.add_argument("--detector", default="mtcnn", choices=("mtcnn", "yunet"), help="face detector for photos")
     add_flip_argument(build)
+    build.add_argument("-tta", "--tta", action="store_true",
+                       help="TreB1eN's flag for flip test-time augmentation, which is on already (see --no_flip)")
     listing = actions.add_parser("list", help="the people in the bank and their photo counts")
     listing.add_argument("--bank", type=Path, default=DEFAULT_BANK, help="the facebank folder")
     return parser.parse_args(argv)
