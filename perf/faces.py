@@ -19,6 +19,7 @@ import torch
 from faces.mtcnn import MTCNN
 from faces.yunet import YuNet
 from tests.helpers import mtcnn_photos, skimage_photo
+from perf.report import result
 
 
 def photos() -> dict[str, np.ndarray]:
@@ -57,6 +58,7 @@ def main() -> int:
         distance = f"{max(distances):.1f}" if distances else "-"
         print(f"{name:24s} {rgb.shape[1]:4d}x{rgb.shape[0]:<4d} {len(ours):6d} {len(theirs):6d} {mtcnn_ms:9.1f} "
               f"{yunet_ms:9.1f} {mtcnn_ms / yunet_ms:6.1f} {distance:>18s}")
+    result("face detection, all photos", totals[1], totals[0], "ms", "MTCNN (ours is YuNet)", higher_is_better=False)
     print(f"all photos: MTCNN {totals[0]:.0f} ms, YuNet {totals[1]:.0f} ms: YuNet is {totals[0] / totals[1]:.1f}x faster "
           f"({args.threads} thread(s))")
     return 0

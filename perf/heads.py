@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from heads import build_head, list_heads
+from perf.report import result
 
 TARGET_RATIO = 1.1
 ROOT = Path(__file__).resolve().parent.parent  # the child runs as `python -m perf.heads` from here
@@ -194,6 +195,8 @@ def main() -> int:
         ok &= head_ratio <= TARGET_RATIO
         print(f"PGAML / ArcFace: head step {head_ratio:.3f} (target <= {TARGET_RATIO}: {verdict}), "
               f"margin step {margin_ratio:.3f}")
+        result(f"PGAML head step, {num_classes:,} classes (time ratio)", head_ratio, 1.0, "x ArcFace's", "ArcFace",
+               1 / TARGET_RATIO, higher_is_better=False)
     return 0 if ok else 1
 
 

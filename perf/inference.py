@@ -20,6 +20,7 @@ from inference.embedding import embed_images
 from inference.export import export_onnx
 from inference.loader import load_model
 from model import build_backbone
+from perf.report import result
 
 
 def treb1en_loop(network, images: np.ndarray) -> float:
@@ -73,6 +74,8 @@ def main() -> int:
     for name, baseline, fp32, last, ort in rows:
         print(f"{name:14s} {baseline:13.1f} {fp32:11.1f} {last:14.1f} {ort:12.1f} {max(fp32, last, ort) / baseline:11.1f}x")
     print("* channels_last weights: what inference.loader.load_model gives every command (embed.py, eval.py, ...)")
+    for name, baseline, _, last, _ in rows:
+        result(f"embeddings/s, {name} (embed.py)", last, baseline, "emb/s", "TreB1eN's one-image loop")
     if sface is not None:
         print(f"{'SFace (ONNX)':14s} {'':13s} {'':11s} {'':14s} {sface:12.1f}")
     return 0

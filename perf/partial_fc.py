@@ -40,6 +40,7 @@ import torch.multiprocessing as mp
 import partial_fc
 from heads import build_margin
 from partial_fc import PartialFC
+from perf.report import result
 
 TARGET_SPEEDUP, TARGET_MEMORY = 5.0, 5.0
 GIB = 2 ** 30
@@ -155,6 +156,10 @@ def main() -> int:
     speedup, total = b["step"] / a["step"], b["peak"] / a["peak"]
     persistent, per_step = b["persistent"] / a["persistent"], b["per_step"] / max(a["per_step"], 1)
     print(verdict(f"speed-up {full} / {low}", speedup, TARGET_SPEEDUP))
+    result(f"Partial FC step, {args.classes:,} classes, rate {low}", a["step"], b["step"], "s",
+           f"sample rate {full}", TARGET_SPEEDUP, higher_is_better=False)
+    result("Partial FC per-step memory", max(a["per_step"], 1) / GIB, b["per_step"] / GIB, "GiB", f"sample rate {full}",
+           TARGET_MEMORY, higher_is_better=False)
     print(verdict(f"peak RSS ratio {full} / {low}, total", total, TARGET_MEMORY))
     print(verdict("  persistent (centres + momentum)", persistent, None))
     print(verdict("  per step (peak - persistent - torch)", per_step, TARGET_MEMORY))

@@ -23,6 +23,7 @@ from data.prepare_data import main as prepare
 from data.recordio import IRHeader, RecordReader, RecordWriter, pack, write_property
 from data.synthetic import generate
 from data.valsets import read_bin, write_bin
+from perf.report import result
 
 EMORE_IMAGES = 5_822_653
 EMORE_VAL_IMAGES = 86_000
@@ -98,6 +99,7 @@ def main() -> int:
     total += EMORE_VAL_IMAGES / val_rate
     print(f"  {'val sets (.bin -> .npy)':28s} {val_rate:9.0f} {EMORE_VAL_IMAGES / val_rate / 60:9.1f} min")
     print(f"  full emore, default steps + --unpack: {total / 60:.1f} min (target: well under 60)")
+    result("prepare_data.py --unpack", n / seconds["unpack"], baseline, "img/s", "TreB1eN-style unpack")
     print(f"  TreB1eN-style unpack (decode + PIL re-encode, 1 process): {baseline:.0f} img/s, "
           f"{EMORE_IMAGES / baseline / 60:.1f} min; ours unpack is {n / seconds['unpack'] / baseline:.1f}x faster")
     return 0

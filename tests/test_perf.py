@@ -1,0 +1,61 @@
+"""perf/ harnesses that the GPU runs lean on, run here at toy sizes: they must finish and report sane numbers
+(speed itself is never asserted: these machines are noisy)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def test_training_benchmark_measures_ours_and_both_baselines(tmp_path, capsys):
+    from perf import training
+
+    out = tmp_path / "rows.json"
+    assert training.main(["--device", "cpu", "--nets", "mobilefacenet", "--batches", "4", "--classes", "50",
+                          "--precisions", "fp32", "--heads", "arcface,pgaml", "--steps", "1", "--warmup", "1",
+                          "--pfc_classes", "400", "--pfc_rate", "0.25", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["trainer"], r["head"], r["classes"]) for r in rows] == [
+        ("ours", "arcface", 50), ("ours", "pgaml", 50), ("treb1en", "arcface", 50), ("arcface_torch", "arcface", 50),
+        ("ours", "arcface", 400), ("arcface_torch", "arcface", 400)]
+    assert all(r["images_per_s"] > 0 and r["tflops_per_s"] > 0 and r["utilisation"] is None for r in rows)
+    assert all(0 <= r["data_wait_fraction"] < 1 for r in rows if r["trainer"] == "ours")
+    printed = capsys.readouterr().out
+    assert printed.count("ours (fp32) / ") == 3 and "target 3x" in printed and "target 1.3x" in printed
+
+
+def test_treb1en_head_is_arcface_with_its_fallback():
+    import math
+
+    import torch
+
+    from perf.training import treb1en_arcface_logits
+
+    kernel = torch.eye(2)
+    embeddings = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])  # angle 0 and pi to class 0
+    logits = treb1en_arcface_logits(embeddings, kernel, torch.tensor([0, 0]))
+    assert logits[0, 0] == pytest.approx(64 * math.cos(0.5))           # cos(theta + m)
+    assert logits[1, 0] == pytest.approx(64 * (-1 - 0.5 * math.sin(0.5)))  # past pi - m: cos(theta) - m sin(m)
+    assert logits[0, 1] == pytest.approx(0.0, abs=1e-6)               # other classes: s cos(theta)
+
+
+def test_run_all_gathers_results_into_a_table(tmp_path):
+    from perf import run_all
+
+    out = tmp_path / "RESULTS.md"
+    run_all.main(["--only", "verification", "--out", str(out)])  # its exit says whether the target was met
+    text = out.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| verification |"))
+    assert "10-fold verification, 6,000 pairs" in row and "(per-threshold loop)" in row and row.count("x |") == 2
+    assert "Machine: " in text and "## GPU training (not run here: no GPU)" in text
+    assert "python -m perf.training --device cuda" in text and "### `python -m perf.verification`" in text
+
+
+def test_run_all_refuses_unknown_names(tmp_path):
+    from perf import run_all
+
+    with pytest.raises(SystemExit):
+        run_all.main(["--only", "nothing", "--out", str(tmp_path / "r.md")])
+    assert not (tmp_path / "r.md").exists()
