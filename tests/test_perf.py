@@ -59,3 +59,12 @@ def test_run_all_refuses_unknown_names(tmp_path):
     with pytest.raises(SystemExit):
         run_all.main(["--only", "nothing", "--out", str(tmp_path / "r.md")])
     assert not (tmp_path / "r.md").exists()
+
+
+def test_profile_step_reports_the_share_outside_operators(capsys):
+    from perf import profile_step
+
+    assert profile_step.main(["--batch", "4", "--classes", "20", "--steps", "1", "--warmup", "1", "--top", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "aten::" in printed and "of the profiled steps outside any operator (Python)" in printed
+    assert '"unit": "% of the step"' in printed
