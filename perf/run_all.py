@@ -69,11 +69,12 @@ def run(name: str, args: list[str], timeout: float) -> tuple[str, int, float]:
 def table(results: list[tuple[str, dict]]) -> list[str]:
     lines = ["| benchmark | measure | ours | baseline | ratio | target | met |", "| --- | --- | ---: | --- | ---: | ---: | --- |"]
     for name, r in results:
-        baseline = f"{r['baseline']:g} ({r['baseline_name']})" if r["baseline"] is not None else "-"
+        baseline = f"{r['baseline']:.4g} ({r['baseline_name']})" if r["baseline"] is not None else "-"
         ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
-        target = f"{r['target']:g}x" if r["target"] is not None else "-"
+        target = f"{r['target']:.3g}x" if r["target"] is not None else "-"
         met = "-" if r["target"] is None or r["ratio"] is None else ("yes" if r["ratio"] >= r["target"] else "**no**")
-        lines.append(f"| {name} | {r['measure']} | {r['ours']:g} {r['unit']} | {baseline} | {ratio} | {target} | {met} |")
+        lines.append(f"| {name} | {r['measure']} | {r['ours']:.4g} {r['unit']} | {baseline} | {ratio} | {target} | "
+                     f"{met} |")
     return lines
 
 

@@ -23,7 +23,7 @@ def test_training_benchmark_measures_ours_and_both_baselines(tmp_path, capsys):
     assert all(r["images_per_s"] > 0 and r["tflops_per_s"] > 0 and r["utilisation"] is None for r in rows)
     assert all(0 <= r["data_wait_fraction"] < 1 for r in rows if r["trainer"] == "ours")
     printed = capsys.readouterr().out
-    assert printed.count("ours (fp32) / ") == 3 and "target 3x" in printed and "target 1.3x" in printed
+    assert printed.count("ours (fp32) / ") == 3 and "GPU target 3x" in printed and "GPU target 1.3x" in printed
 
 
 def test_treb1en_head_is_arcface_with_its_fallback():
