@@ -36,6 +36,7 @@ SUITE = [
     ("faces", ["--rounds", "2"]),
     ("pose", ["--crops", "256"]),
     ("facebank", ["--frames", "20", "--detector", "yunet"]),
+    ("memory", []),
     ("training", ["--device", "cpu", "--nets", "mobilefacenet", "--batches", "32", "--classes", "1000",
                   "--precisions", "fp32", "--heads", "arcface,pgaml", "--steps", "3", "--warmup", "1",
                   "--pfc_classes", "100000", "--pfc_rate", "0.1"]),

@@ -68,3 +68,12 @@ def test_profile_step_reports_the_share_outside_operators(capsys):
     printed = capsys.readouterr().out
     assert "aten::" in printed and "of the profiled steps outside any operator (Python)" in printed
     assert '"unit": "% of the step"' in printed
+
+
+def test_memory_benchmark_measures_workers_and_a_val_set(capsys):
+    from perf import memory
+
+    assert memory.main(["--records", "20000", "--workers", "1", "--batches", "2", "--val_images", "1024"]) == 0
+    printed = capsys.readouterr().out
+    assert "worker private memory, 20,000 keys against 1,000" in printed
+    assert printed.count("RESULT ") == 3 and "val set of 1,024 images" in printed
