@@ -58,6 +58,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     names = resolve_valsets(args.data_path, args.val_sets)
     spec = spec_from_args(args)
+    for name in names:
+        spec.check_fits(ValSet.load(args.data_path, name))
     labels = model_labels(args.model)
     out = default_output_dir(args.out, "eval", "_vs_".join(labels).replace("/", "_"))
     evaluations = []

@@ -112,8 +112,7 @@ def breakdown_figure(set_name: str, kind: str, per_model: dict[str, list[LevelRe
             positions, width = np.arange(len(first)), 0.8 / len(per_model)
             for index, (label, rows) in enumerate(per_model.items()):
                 values = [getattr(row, metric) for row in rows]
-                axes.bar(positions + (index - (len(per_model) - 1) / 2) * width, np.nan_to_num(values), width,
-                         label=label)
+                axes.bar(positions + (index - (len(per_model) - 1) / 2) * width, values, width, label=label)  # NaN: none
             axes.set_xticks(positions, [f"{row.level}\n({row.num_pairs})" for row in first], fontsize=7)
             axes.set_xlabel("|yaw| bins of the two images (pairs)")
         else:
@@ -128,7 +127,7 @@ def breakdown_figure(set_name: str, kind: str, per_model: dict[str, list[LevelRe
         axes.set_ylim(0, 1.02)
         axes.set_ylabel(title)
         axes.grid(True, alpha=0.3)
-        axes.legend(loc="lower left", fontsize=8)
+        axes.legend(loc="best", fontsize=8)
     figure.suptitle(f"{set_name}: {kind}")
     figure.tight_layout()
     return figure

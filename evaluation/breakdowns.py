@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from scipy import stats
 
 from evaluation.sets import SetResult, ValSet
 from evaluation.strata import DEFAULT_YAW_EDGES, DegradedImages, check_yaw_edges, pose_bin_masks
@@ -61,6 +60,14 @@ class BreakdownSpec:
             raise UserError(f"--blur {self.blur}: a Gaussian sigma in pixels, 0 or more")
         if not 0 < self.far < 1:
             raise UserError(f"--breakdown_far {self.far}: a FAR in (0, 1), e.g. 0.001")
+
+    def check_fits(self, valset: ValSet) -> None:
+        """Fail before any work when a resolution level is larger than the set's images."""
+        if "resolution" in self.by:
+            too_large = [size for size in self.resolutions if size > min(valset.images.shape[2:])]
+            if too_large:
+                raise UserError(f"--resolutions {','.join(map(str, too_large))}: larger than {valset.name}'s "
+                                f"{valset.images.shape[2]}x{valset.images.shape[3]} images")
 
 
 def parse_list(text: str | None, flag: str, kind=str) -> tuple:
@@ -124,6 +131,7 @@ def breakdown_set(evaluate: Callable[[ValSet], SetResult], valset: ValSet, base:
                   spec: BreakdownSpec) -> SetBreakdown:
     """The breakdowns `spec.by` of one model's `base` result on `valset`; 'pose' is left out of a set without
     poses. `evaluate(valset)` must use the model and protocol that gave `base`."""
+    spec.check_fits(valset)
     out: SetBreakdown = {}
     if "pose" in spec.by:
         if valset.pose is None:
@@ -183,6 +191,8 @@ class PairedTest:
 
 def mcnemar(correct_a, correct_b) -> tuple[int, int, float, str]:
     """(only A right, only B right, two-sided p-value, method) of McNemar's test on paired correctness."""
+    from scipy import stats  # here: training imports this module, and only comparisons need scipy
+
     correct_a, correct_b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
     if correct_a.shape != correct_b.shape:
         raise ValueError(f"paired correctness of different shapes {correct_a.shape} and {correct_b.shape}")
