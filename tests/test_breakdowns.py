@@ -101,24 +101,41 @@ def test_roc_tar_at_far_against_brute_force():
     assert math.isnan(roc_tar_at_far(dist[~issame], issame[~issame], 0.1))  # no positive
 
 
-def look_alike_pairs(num_pairs: int = 200, seed: int = 11) -> ValSet:
-    """Clean, near-frontal renders; a different pair's second person shares the first one's head shape, skin,
-    hair and ears, so only the face's own features (eyes, brows, nose, mouth, moles) tell them apart."""
-    shared = ("head_axes", "skin", "hair", "iris", "lips", "hairline", "widow_peak", "hair_stripes", "greying",
-              "base_age", "ear_height")
+LOOK_ALIKE_TRAITS = ("head_axes", "skin", "hair", "iris", "lips", "hairline", "widow_peak", "hair_stripes", "greying",
+                     "base_age", "ear_height")
+
+
+def clean_pairs(num_pairs: int = 200, seed: int = 11, look_alikes: bool = False, profile_every: int = 0) -> ValSet:
+    """Clean renders (even light, plain background) of pairs, half of them same (even pairs), near-frontal
+    (|yaw| < 5) but for the second image of every `profile_every`-th pair pair (|yaw| 60-90). With `look_alikes`,
+    a different pair's second person shares the first one's head shape, skin, hair and ears, so only the
+    face's own features (eyes, brows, nose, mouth, moles) tell them apart."""
     rng = np.random.default_rng(seed)
     images, issame, yaw = [], [], []
     for pair in range(num_pairs):
         same = pair % 2 == 0
         first = identity_for(seed, 2 * pair)
-        second = first if same else replace(identity_for(seed, 2 * pair + 1),
-                                            **{key: getattr(first, key) for key in shared})
-        for person in (first, second):
-            yaw.append(rng.uniform(-5, 5))
+        second = identity_for(seed, 2 * pair + 1)
+        if look_alikes:
+            second = replace(second, **{key: getattr(first, key) for key in LOOK_ALIKE_TRAITS})
+        profile = profile_every and (pair // 2) % profile_every == 0
+        for person, turned in ((first, False), (first if same else second, profile)):
+            yaw.append(rng.uniform(60, 90) * rng.choice([-1, 1]) if turned else rng.uniform(-5, 5))
             images.append(render_face(person, yaw[-1], 0.0))
         issame.append(same)
     pose = np.stack([yaw, np.zeros(len(yaw))], 1).astype(np.float32)
-    return ValSet("look_alikes", np.stack(images).transpose(0, 3, 1, 2).copy(), np.array(issame), pose)
+    return ValSet("clean", np.stack(images).transpose(0, 3, 1, 2).copy(), np.array(issame), pose)
+
+
+def test_pose_breakdown_shows_a_pixel_matcher_failing_on_profiles():
+    """An untrained network is near chance in every bin, so a raw-pixel matcher stands in for a model that
+    has learnt something: on clean renders it recognises frontal pairs and not frontal-profile ones."""
+    valset = clean_pairs(profile_every=2)
+    base = evaluate_set(PixelMatcher(), valset, batch_size=64, flip=False)
+    rows = {row.level: row for row in pose_breakdown(base, valset.pose, BreakdownSpec(by=("pose",), far=0.1))}
+    assert rows["frontal-frontal"].num_pairs == rows["frontal-profile"].num_pairs == 100
+    assert rows["frontal-frontal"].accuracy >= 0.75 and rows["frontal-profile"].accuracy <= 0.65, rows
+    assert rows["frontal-frontal"].tar > rows["frontal-profile"].tar
 
 
 def test_resolution_sweep_lowers_a_pixel_matchers_accuracy():
@@ -126,7 +143,7 @@ def test_resolution_sweep_lowers_a_pixel_matchers_accuracy():
     generated sets too (their lighting, background and pose nuisance drown the pixels); the renders are drawn
     at 64 px with identity in coarse geometry, so 14 px still keeps much of it. So: a pixel matcher on clean
     renders whose different pairs are look-alikes, with levels down to 4 px."""
-    valset, calls = look_alike_pairs(), []
+    valset, calls = clean_pairs(look_alikes=True), []
 
     def evaluate(pairs):
         calls.append(pairs.images.size if isinstance(pairs.images, DegradedImages) else 112)
