@@ -54,7 +54,8 @@ class BreakdownSpec:
             raise UserError(f"--by {','.join(self.by)}: unknown breakdown {', '.join(unknown)} "
                             f"(choose from {', '.join(BREAKDOWNS)})")
         object.__setattr__(self, "yaw_edges", check_yaw_edges(self.yaw_edges))
-        if not self.resolutions or any(int(r) != r or r < 1 for r in self.resolutions):
+        whole = [isinstance(r, (int, np.integer)) and not isinstance(r, bool) and r >= 1 for r in self.resolutions]
+        if not whole or not all(whole):
             raise UserError(f"--resolutions {self.resolutions}: expected positive whole pixel sizes, e.g. 112,56,28")
         if not self.blur >= 0:
             raise UserError(f"--blur {self.blur}: a Gaussian sigma in pixels, 0 or more")
@@ -226,8 +227,9 @@ def compare_models(breakdowns: dict[str, dict[str, SetBreakdown]]) -> list[Paire
 def add_breakdown_arguments(parser) -> None:
     """eval.py's --by / --yaw_bins / --resolutions / --blur / --breakdown_far."""
     group = parser.add_argument_group("breakdowns (pose bins, resolution sweep, several models)")
-    group.add_argument("--by", default="", help=f"comma-separated breakdowns: {', '.join(BREAKDOWNS)} (pose needs the "
-                       "set's pose.npy); written to <out>/breakdowns.md, results.json and a PNG per set and breakdown")
+    group.add_argument("--by", default=None,
+                       help=f"comma-separated breakdowns: {', '.join(BREAKDOWNS)} (pose needs the set's pose.npy); "
+                            "written to <out>/breakdowns.md, results.json and a PNG per set and breakdown (default: none)")
     group.add_argument("--yaw_bins", default=",".join(f"{e:g}" for e in DEFAULT_YAW_EDGES),
                        help="|yaw| bin edges in degrees for --by pose (3 bins: frontal, half, profile)")
     group.add_argument("--resolutions", default=",".join(map(str, DEFAULT_RESOLUTIONS)),

@@ -46,8 +46,14 @@ def main() -> int:
         prepare(["--source", str(folder), "--workers", "1"])
         valsets = [ValSet.load(folder, name) for name in SETS]
 
+        level_s: dict[str, float] = {}
+
         def evaluate(pairs):
-            return evaluate_set(model, pairs, args.batch_size, flip=True)
+            began = time.perf_counter()
+            outcome = evaluate_set(model, pairs, args.batch_size, flip=True)
+            level = f"res{pairs.images.size}" if isinstance(pairs.images, DegradedImages) else "plain"
+            level_s[level] = level_s.get(level, 0.0) + time.perf_counter() - began
+            return outcome
 
         began = time.perf_counter()
         bases = [evaluate(valset) for valset in valsets]
@@ -71,6 +77,7 @@ def main() -> int:
     print(f"  plain evaluation (baseline)        {plain_s:8.1f} s   {num_images / plain_s:6.1f} images/s")
     print(f"  breakdowns (pose + sweep) on top   {sweep_s:8.1f} s   {sweep_s / plain_s:5.2f}x the baseline "
           f"({embedded_levels} levels embedded again; pose bins reuse the plain result)")
+    print("  seconds per level, 3 sets: " + ", ".join(f"{level} {seconds:.1f}" for level, seconds in level_s.items()))
     print(f"  of which degrading the images      {degrade_s:8.1f} s   {100 * degrade_s / sweep_s:5.1f}% of the sweep")
     projected = per_image_s * embedded_levels * LFW_IMAGES * len(SETS)
     print(f"  projected to 3 sets of {LFW_IMAGES:,} images: {projected / 60:.0f} min on top of the plain evaluation "
