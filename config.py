@@ -89,6 +89,8 @@ class Config:
     val_batch_size: int = 256
     val_flip: bool = True                 # flip test-time augmentation during evaluation
     best_metric: str = "accuracy"         # mean accuracy over val_sets, or '<set>/<scalar>' e.g. cfp_fp/accuracy
+    val_breakdowns: str = ""              # 'pose', 'resolution' or both: val/<set>/pose/<bins>/..., val/<set>/res<N>/...
+    val_resolutions: list = field(default_factory=lambda: [112, 28, 14])  # face sizes of the resolution breakdown
     max_nonfinite: int = 20               # consecutive non-finite losses that stop the run
     resume: str | None = None             # 'auto' (newest valid checkpoint in save/) or a checkpoint path
     # reproducibility and placement

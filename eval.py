@@ -8,6 +8,13 @@ the architecture and channel order are recognised from it (`--net` overrides the
 stream from each set's uint8 memmap one batch at a time. Prints a table (accuracy +- std over the 10
 folds, best threshold, TAR@FAR, AUC, EER, and accuracy on frontal / profile pairs where the set has
 poses) and writes it as results.md and results.csv with a ROC figure per set.
+
+    python eval.py --model arcface.pth --model pgaml.pth --data_path DIR --by pose,resolution \
+                   [--yaw_bins 0,30,60,90] [--resolutions 112,56,28,20,14] [--blur SIGMA]
+
+evaluates every model on the same pairs and breaks the results down by the pairs' |yaw| bins and by face
+resolution (evaluation.breakdowns): breakdowns.md, results.json and one figure per set and breakdown with a
+bar group / line per model, and McNemar's test between every two models on every level.
 """
 from __future__ import annotations
 
@@ -17,6 +24,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from evaluation import ValSet, evaluate_set, markdown_table, resolve_valsets, write_reports
+from evaluation.breakdown_reports import ModelEvaluation, breakdown_markdown, model_labels, write_breakdown_report
+from evaluation.breakdowns import add_breakdown_arguments, breakdown_set, compare_models, spec_from_args
 from inference.loader import add_flip_argument, add_model_arguments, conventions_overrides, load_model
 from inference.runtime import AMP_DTYPES
 from utils import CliParser, default_output_dir, run_cli
@@ -24,7 +33,7 @@ from utils import CliParser, default_output_dir, run_cli
 
 def parse_args(argv=None):
     parser = CliParser(description=__doc__.split("\n")[0])
-    add_model_arguments(parser)
+    add_model_arguments(parser, multiple=True)
     parser.add_argument("--data_path", type=Path, default=Path("data/faces_emore"),
                         help="folder holding the prepared val sets (<name>/images.npy, issame.npy)")
     parser.add_argument("--val_sets", default="all", help="'all' or a comma-separated list, e.g. lfw,cfp_fp")
@@ -34,7 +43,9 @@ def parse_args(argv=None):
     parser.add_argument("--folds", type=int, default=10, help="k of the k-fold protocol")
     parser.add_argument("--amp", default="off", choices=sorted(AMP_DTYPES), help="autocast dtype for the forward")
     parser.add_argument("--out", type=Path, default=None,
-                        help="report folder (default: work_space/eval/<model file name>)")
+                        help="report folder (default: work_space/eval/<model file name>[_vs_<next model>...]; "
+                             "with several models, each one's table goes to <out>/<model file name>/)")
+    add_breakdown_arguments(parser)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
@@ -46,19 +57,41 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     names = resolve_valsets(args.data_path, args.val_sets)
-    model = load_model(args.model, args.net, args.device, conventions_overrides(args))
-    print(model.describe())
-    results = []
+    spec = spec_from_args(args)
     for name in names:
-        with tqdm(desc=name, unit="img", leave=False) as bar:
-            results.append(evaluate_set(model.network, ValSet.load(args.data_path, name), args.batch_size,
-                                        model.device, args.flip, model.conventions, args.folds,
-                                        AMP_DTYPES[args.amp], bar.update))
-    print(markdown_table(results), end="")
-    out = default_output_dir(args.out, "eval", args.model.stem)
-    write_reports(results, out)
-    print(f"wrote {out}/results.md, results.csv and roc_<set>.png")
+        spec.check_fits(ValSet.load(args.data_path, name))
+    labels = model_labels(args.model)
+    out = default_output_dir(args.out, "eval", "_vs_".join(labels).replace("/", "_"))
+    evaluations = []
+    for path, label in zip(args.model, labels):
+        model = load_model(path, args.net, args.device, conventions_overrides(args))
+        print(model.describe())
+        evaluations.append(evaluate_model(model, label, names, args, spec))
+        print(markdown_table(evaluations[-1].results), end="")
+        model_out = out if len(labels) == 1 else out / label
+        write_reports(evaluations[-1].results, model_out)
+        print(f"wrote {model_out}/results.md, results.csv and roc_<set>.png")
+    if spec.by:
+        tests = compare_models({e.label: e.breakdowns for e in evaluations})
+        write_breakdown_report(evaluations, tests, spec, out)
+        print(breakdown_markdown(evaluations, tests, spec), end="")
+        print(f"wrote {out}/breakdowns.md, results.json and <breakdown>_<set>.png")
     return 0
+
+
+def evaluate_model(model, label: str, names: list[str], args, spec) -> ModelEvaluation:
+    """One model on every set (the main table's rows) and, where --by asks, their breakdowns."""
+    evaluation = ModelEvaluation(label, str(model.path))
+    for name in names:
+        valset = ValSet.load(args.data_path, name)
+        with tqdm(desc=f"{label} {name}", unit="img", leave=False) as bar:
+            def evaluate(pairs: ValSet):
+                return evaluate_set(model.network, pairs, args.batch_size, model.device, args.flip,
+                                    model.conventions, args.folds, AMP_DTYPES[args.amp], bar.update)
+            evaluation.results.append(evaluate(valset))
+            if spec.by:
+                evaluation.breakdowns[name] = breakdown_set(evaluate, valset, evaluation.results[-1], spec)
+    return evaluation
 
 
 if __name__ == "__main__":

@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--val_batch_size", type=int, help="batch size of evaluation")
     add_flip_argument(group, prefix="evaluation: ", dest="val_flip", aliases=("--no_val_flip",))
     flag("--best_metric", help="what model_best.pth maximises: accuracy (mean over val sets) or <set>/<scalar>")
+    flag("--val_breakdowns", help="evaluation also by pose bins and/or resolution: 'pose', 'resolution' or both, "
+         "comma-separated (val/<set>/pose/<bins>/..., val/<set>/res<N>/...; each resolution below full size "
+         "embeds the val sets once more)")
+    flag("--val_resolutions", type=_int_list, help="face sizes in pixels of --val_breakdowns resolution")
     flag("--max_nonfinite", type=int, help="consecutive non-finite losses that stop the run")
     flag("--resume", help="'auto' (newest valid checkpoint in <work_path>/save) or a checkpoint file")
     flag("--device", help="auto, cpu, cuda or cuda:N")

@@ -388,3 +388,17 @@ def roc_image_for_tensorboard(result: VerificationResult, title: str = "ROC",
     figure.canvas.draw()
     image = np.array(figure.canvas.buffer_rgba())[..., :3]
     return np.ascontiguousarray(image.transpose(2, 0, 1)) if dataformats == "CHW" else image
+
+
+# ----------------------------------------------------------------------------- TAR@FAR on a subset
+
+def roc_tar_at_far(dist, issame, far_target: float) -> float:
+    """TAR of the pairs `dist`, `issame` at the largest threshold whose FAR on their own negatives is <=
+    `far_target`, read from their exact ROC (no folds: IJB-B/C's reading, for a subset of a set's pairs such
+    as one pose bin). NaN where the pairs hold no positive or too few negatives (`far_targets_supported`)."""
+    dist, issame = np.asarray(dist, dtype=np.float64), np.asarray(issame, dtype=bool)
+    num_negative = int((~issame).sum())
+    if not issame.any() or not far_targets_supported(num_negative, [far_target])[0]:
+        return float("nan")
+    fpr, tpr, _ = exact_roc(dist, issame)
+    return float(tpr[fpr <= far_target].max())

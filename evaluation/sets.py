@@ -4,7 +4,8 @@ A `ValSet` is a named set of pairs: uint8 RGB images `(2P, 3, H, W)` (pair i = r
 `(P,)` and optionally per-image pose `(2P, 2)` (yaw, pitch). `ValSet.load` opens a prepared one
 (`data.valsets`, memory-mapped: nothing is held in RAM); one can also be built from arrays (a fold of a
 data set, a user's own pairs). Where a set has poses, accuracy is also reported on frontal pairs (both
-|yaw| < 30) and profile pairs (either |yaw| >= 60): the pairs PGAML is meant to help.
+|yaw| < 30) and profile pairs (either |yaw| >= 60): the pairs PGAML is meant to help; finer pose bins and a
+resolution sweep are `evaluation.breakdowns`.
 """
 from __future__ import annotations
 
@@ -16,13 +17,12 @@ import numpy as np
 import torch
 
 from data.valsets import KNOWN_VALSETS, convert_bin, is_converted, load_valset, load_valset_pose
+from evaluation.strata import FRONTAL_YAW, PROFILE_YAW, pose_strata  # noqa: F401 (evaluation re-exports them)
 from inference.embedding import embed_images
 from utils import UserError
 from verification import VerificationResult, verify
 
 log = logging.getLogger(__name__)
-
-FRONTAL_YAW, PROFILE_YAW = 30.0, 60.0
 
 
 @dataclass
@@ -100,12 +100,6 @@ def prepare_valset(data_path: str | Path, name: str) -> None:
     except OSError as err:
         raise UserError(f"{bin_path}: cannot prepare it here ({err.strerror}); run python data/prepare_data.py "
                         f"--source {data_path} --out DIR and use --data_path DIR") from None
-
-
-def pose_strata(pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(frontal, profile) pair masks from per-image yaw (pairs are images 2i, 2i+1)."""
-    yaw = np.abs(pose[:, 0]).reshape(-1, 2)
-    return (yaw < FRONTAL_YAW).all(axis=1), (yaw >= PROFILE_YAW).any(axis=1)
 
 
 def evaluate_set(model: torch.nn.Module, valset: ValSet, batch_size: int = 256, device: torch.device | str = "cpu",

@@ -97,12 +97,13 @@ def add_flip_argument(parser, prefix: str = "", dest: str = "flip", aliases: tup
                              "the normalised sum of the image's and its mirror's)")
 
 
-def add_model_arguments(parser, required: bool = True, prefix: str = "") -> None:
+def add_model_arguments(parser, required: bool = True, prefix: str = "", multiple: bool = False) -> None:
     """`--model`, `--net`, `--device` as every command that runs a model spells them (`prefix` starts the help,
-    e.g. 'gen_features: ')."""
-    parser.add_argument("--model", type=Path, required=required,
+    e.g. 'gen_features: '); with `multiple`, --model may be repeated and gives a list of paths."""
+    parser.add_argument("--model", type=Path, required=required, action="append" if multiple else "store",
                         help=f"{prefix}weights file: a checkpoint or model_*.pth of ours, TreB1eN's or arcface_torch's, "
-                             "or an .onnx face model")
+                             "or an .onnx face model" + ("; repeat it to evaluate several models on the same pairs"
+                                                         if multiple else ""))
     parser.add_argument("--net", default=None, choices=list_backbones(),
                         help=f"{prefix}architecture, when it cannot be recognised from the file")
     parser.add_argument("--device", default=default_device(),

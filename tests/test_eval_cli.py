@@ -102,3 +102,40 @@ def test_eval_an_onnx_export_gives_the_same_table(setup):
         assert result.returncode == 0, result.stderr
         rows.append(next(line for line in result.stdout.splitlines() if line.startswith("| lfw")))
     assert rows[0].split(" | ")[:6] == rows[1].split(" | ")[:6]
+
+
+def test_eval_several_models_by_pose_and_resolution(setup):
+    """Two models on the same pairs: each one's table, the breakdowns of both, McNemar's test between them."""
+    import json
+
+    out = setup / "compare"
+    result = run_eval("--model", setup / "model_mobilefacenet.pth", "--model", setup / "treb1en_style.pth",
+                      "--data_path", setup, "--val_sets", "lfw", "--folds", "2", "--batch_size", "8",
+                      "--by", "pose,resolution", "--resolutions", "112,28", "--breakdown_far", "0.2", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "(ours weights, RGB input)" in result.stdout and "(treb1en weights, BGR input)" in result.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["breakdowns.md", "model_mobilefacenet", "pose_lfw.png",
+                                                    "resolution_lfw.png", "results.json", "treb1en_style"]
+    assert (out / "treb1en_style" / "results.md").is_file()
+    document = json.loads((out / "results.json").read_text())
+    ours = document["models"]["model_mobilefacenet"]["sets"]["lfw"]
+    assert ours["pose"][2]["level"] == "frontal-profile" and ours["pose"][2]["pairs"] == 12  # yaw 0 and 80
+    assert [level["level"] for level in ours["resolution"]] == ["res112", "res28"]
+    assert ours["resolution"][0]["accuracy"] == ours["accuracy"]  # full size: the main table's number
+    tested = {(c["breakdown"], c["level"]) for c in document["comparisons"]}
+    assert tested == {("pose", "frontal-profile"), ("resolution", "res112"), ("resolution", "res28")}
+    assert "| lfw | resolution | res28 | model_mobilefacenet vs treb1en_style |" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--by", "colour"], "--by colour: unknown breakdown colour"),
+    (["--by", "pose", "--yaw_bins", "10,20"], "--yaw_bins 10,20: expected increasing |yaw| edges from 0"),
+    (["--by", "resolution", "--resolutions", "56,500"], "--resolutions 500: larger than lfw's 112x112 images"),
+    (["--by", "resolution", "--resolutions", "56,x"], "--resolutions 56,x: expected a comma-separated list of ints"),
+])
+def test_eval_bad_breakdown_flags(setup, args, message):
+    result = run_eval("--model", setup / "model_mobilefacenet.pth", "--data_path", setup, "--val_sets", "lfw",
+                      "--out", setup / "never", *args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and message in result.stderr
+    assert not (setup / "never").exists()

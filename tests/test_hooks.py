@@ -117,3 +117,25 @@ def test_default_hooks_budget_only_the_automatic_cadence(train_data, tmp_path):
     chosen = Learner(small_config(train_data, tmp_path / "b", eval_every=2))
     assert next(h for h in automatic.hooks if isinstance(h, Evaluation)).time_budget == 0.1
     assert next(h for h in chosen.hooks if isinstance(h, Evaluation)).time_budget is None
+
+
+def test_evaluation_logs_the_breakdowns_the_config_asks_for(train_data, tmp_path):
+    from training.run_log import read_scalars
+
+    work = tmp_path / "run"
+    config = small_config(train_data, work, max_steps=1, val_sets="cfp_fp", val_breakdowns="pose,resolution",
+                          val_resolutions=[112, 28])
+    Learner(config).train()
+    values = {r["tag"]: r["value"] for r in read_scalars(work / "log") if r["tag"].startswith("val/cfp_fp/")}
+    # cfp_fp pairs one near-frontal and one profile image each: one pose category holds every pair
+    assert values["val/cfp_fp/pose/frontal-profile/accuracy"] == values["val/cfp_fp/accuracy_profile"]
+    assert not any(tag.startswith("val/cfp_fp/pose/half-half") for tag in values)  # an empty category logs nothing
+    assert values["val/cfp_fp/res112/accuracy"] == values["val/cfp_fp/accuracy"]
+    assert 0 <= values["val/cfp_fp/res28/accuracy"] <= 1
+
+
+def test_an_unknown_breakdown_fails_before_training(train_data, tmp_path):
+    from utils import UserError
+
+    with pytest.raises(UserError, match="--val_breakdowns pose,age: unknown breakdown age"):
+        Learner(small_config(train_data, tmp_path / "run", max_steps=1, val_sets="lfw", val_breakdowns="pose,age"))

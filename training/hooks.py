@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm import tqdm
 
+from evaluation.breakdowns import BreakdownSpec, breakdown_scalars, breakdown_set, spec_from_config
 from evaluation.sets import ValSet, evaluate_set
 from inference.weights import save_backbone_weights
 from training import distributed
@@ -83,7 +84,7 @@ def default_hooks(learner: "Learner", val_sets: list[ValSet]) -> list[Hook]:
     config = learner.config
     every = Intervals.from_config(config, learner.steps_per_epoch)
     budget = None if config.eval_every else EVAL_TIME_FRACTION  # an interval the user chose is kept exactly
-    return [TrainLog(every.log), Evaluation(val_sets, every.eval, config.best_metric, budget),
+    return [TrainLog(every.log), Evaluation(val_sets, every.eval, config.best_metric, budget, spec_from_config(config)),
             Checkpointing(every.save)]
 
 
@@ -162,11 +163,16 @@ class Evaluation(Hook):
     scalars and ROC images, and keeps the best model by `best_metric` (save/model_best.pth, best.json).
 
     With a `time_budget` (a fraction), a scheduled evaluation is skipped while the evaluations so far have
-    taken more than that fraction of the run's time; the final one always runs."""
+    taken more than that fraction of the run's time; the final one always runs.
+
+    With `breakdowns` (`evaluation.breakdowns.BreakdownSpec`), each set is also broken down by pose bins
+    (`val/<set>/pose/<bins>/...`, from the same embeddings: free) and by resolution (`val/<set>/res<N>/...`: one
+    more embedding of the set per size below full size; the time budget counts it)."""
 
     def __init__(self, val_sets: list[ValSet], every: int, best_metric: str = "accuracy",
-                 time_budget: float | None = None):
+                 time_budget: float | None = None, breakdowns: BreakdownSpec | None = None):
         self.val_sets, self.every, self.best_metric, self.time_budget = val_sets, every, best_metric, time_budget
+        self.breakdowns = breakdowns
         self.results = []          # evaluation.sets.SetResult of each val set at the last evaluation
         self.evaluated_at = -1
         self.started_at = time.perf_counter()
@@ -213,10 +219,13 @@ class Evaluation(Hook):
         if learner.dist.is_main and self.val_sets:
             self.results = []
             for valset in self.val_sets:
-                outcome = evaluate_set(learner.backbone, valset, learner.config.val_batch_size, learner.device,
-                                       learner.config.val_flip, learner.conventions, amp_dtype=learner.amp_dtype)
+                outcome = self._evaluate_set(learner, valset)
                 self.results.append(outcome)
                 scalars = outcome.scalars()
+                if self.breakdowns:
+                    breakdown = breakdown_set(lambda pairs: self._evaluate_set(learner, pairs), valset, outcome,
+                                              self.breakdowns)
+                    scalars.update(breakdown_scalars(breakdown, self.breakdowns))
                 values.update({f"{valset.name}/{k}": v for k, v in scalars.items()})
                 learner.run_log.scalars(scalars, step, prefix=f"val/{valset.name}/")
                 learner.run_log.image(f"val/{valset.name}/roc", roc_image_for_tensorboard(outcome.result, valset.name),
@@ -229,6 +238,11 @@ class Evaluation(Hook):
         distributed.barrier()
         self.seconds_spent += time.perf_counter() - began
         return values
+
+    @staticmethod
+    def _evaluate_set(learner: "Learner", valset: ValSet):
+        return evaluate_set(learner.backbone, valset, learner.config.val_batch_size, learner.device,
+                            learner.config.val_flip, learner.conventions, amp_dtype=learner.amp_dtype)
 
     def _keep_best(self, learner: "Learner", values: dict[str, float]) -> None:
         metric = self.best_metric
