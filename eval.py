@@ -8,6 +8,11 @@ the architecture and channel order are recognised from it (`--net` overrides the
 stream from each set's uint8 memmap one batch at a time. Prints a table (accuracy +- std over the 10
 folds, best threshold, TAR@FAR, AUC, EER, and accuracy on frontal / profile pairs where the set has
 poses) and writes it as results.md and results.csv with a ROC figure per set.
+
+    python eval.py --model M --ijb DIR --target IJBC|IJBB     IJB-B/C 1:1 TAR@FAR and 1:N (README "IJB-B/C")
+    python eval.py --model M --tinyface DIR                   TinyFace rank-k and mAP (README "TinyFace")
+    python eval.py --model M --data_path D --val_sets mine --calibrate far=1e-3
+                                                              a deployment threshold stored with the model
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from evaluation import ValSet, evaluate_set, markdown_table, resolve_valsets, write_reports
+from evaluation import ValSet, benchmarks, evaluate_set, markdown_table, resolve_valsets, write_reports
 from inference.loader import add_flip_argument, add_model_arguments, conventions_overrides, load_model
 from inference.runtime import AMP_DTYPES
 from utils import CliParser, default_output_dir, run_cli
@@ -35,7 +40,9 @@ def parse_args(argv=None):
     parser.add_argument("--amp", default="off", choices=sorted(AMP_DTYPES), help="autocast dtype for the forward")
     parser.add_argument("--out", type=Path, default=None,
                         help="report folder (default: work_space/eval/<model file name>)")
+    benchmarks.add_arguments(parser)
     args = parser.parse_args(argv)
+    benchmarks.check_arguments(parser, args)
     if args.batch_size < 1:
         parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
     if args.folds < 2:
@@ -45,6 +52,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if benchmarks.requested(args):  # IJB-B/C or TinyFace instead of the val sets
+        return benchmarks.run(args, default_output_dir(args.out, "eval", args.model.stem))
     names = resolve_valsets(args.data_path, args.val_sets)
     model = load_model(args.model, args.net, args.device, conventions_overrides(args))
     print(model.describe())
@@ -58,6 +67,7 @@ def main(argv=None) -> int:
     out = default_output_dir(args.out, "eval", args.model.stem)
     write_reports(results, out)
     print(f"wrote {out}/results.md, results.csv and roc_<set>.png")
+    benchmarks.after_verification(args, results)  # --calibrate, or the best threshold stored with the model
     return 0
 
 
