@@ -50,12 +50,13 @@ def identity_of(name: str) -> int | None:
 
 def _read_mat(path: Path, names_key: str, ids_key: str) -> tuple[list[str], np.ndarray]:
     from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
     try:
         content = loadmat(str(path))
     except FileNotFoundError:
         raise UserError(f"{path}: not found (expected the TinyFace layout DIR/Testing_Set/; see the README)") from None
-    except (OSError, ValueError, TypeError, NotImplementedError) as err:
+    except (OSError, ValueError, TypeError, NotImplementedError, MatReadError) as err:
         raise UserError(f"{path}: not a readable MATLAB file: {err}") from None
     if names_key not in content or ids_key not in content:
         raise UserError(f"{path}: expected the variables {names_key} and {ids_key}, found "
