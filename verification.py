@@ -489,8 +489,8 @@ def calibrate_threshold(scores, issame, far_target: float, resamples: int = 1000
     supported, _ = far_targets_supported(negatives.size, [far_target])
     if not supported or positives.size == 0:
         raise UserError(f"calibration at FAR {far_target:g} needs at least {math.ceil(1 / far_target - 1e-9)} "
-                        f"different-person pairs and one same-person pair; the set has {negatives.size} and "
-                        f"{positives.size}")
+                        f"different-person pairs and one same-person pair; the set has {negatives.size} "
+                        f"different-person and {positives.size} same-person pairs")
     point = tar_at_far_scores(scores, issame, [far_target])[0]
     rng = np.random.default_rng(seed)
     thresholds, tars = np.empty(resamples), np.empty(resamples)

@@ -60,6 +60,9 @@ def check_arguments(parser, args) -> None:
         args.calibrate_far = parse_far(args.calibrate)
         if args.ijb is not None or args.tinyface is not None:
             parser.error("--calibrate works on val set pairs, not with --ijb / --tinyface")
+        listed = [name.strip() for name in args.val_sets.split(",")]
+        if args.calibrate_set is not None and args.val_sets != "all" and args.calibrate_set not in listed:
+            parser.error(f"--calibrate_set: {args.calibrate_set} is not among --val_sets {args.val_sets}")
 
 
 def parse_far(text: str) -> float:
