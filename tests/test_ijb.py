@@ -13,7 +13,7 @@ from data.synthetic import Nuisance, identity_for, render_face
 from evaluation.protocols.ijb import read_ijb, template_features
 from faces.alignment import ARCFACE_TEMPLATE_112, transform_points
 from inference.loader import LoadedModel, load_model
-from inference.weights import save_backbone_weights
+from inference.weights import record_threshold, save_backbone_weights
 from model import build_backbone
 from tests.helpers import interrupt_at_call, run_command
 from utils import UserError
@@ -200,6 +200,30 @@ def test_eval_ijb_matches_an_independent_loop(layout, tmp_path):
             assert entry["cmc"][str(rank)] == pytest.approx(value, abs=1e-12)
         assert entry["tpir_at_fpir"]["0.1"]["tpir"] == pytest.approx(tpir, abs=1e-12)
         assert "0.01" not in entry["tpir_at_fpir"]  # 12 non-mated probes cannot measure FPIR 1e-2
+        assert "at_model_threshold" not in entry  # no threshold stored with the model yet
+
+    # With a threshold stored with the model: FPIR and FNIR at it (the features are reused, nothing re-embedded).
+    threshold = float(np.median(scores))
+    record_threshold(root / "model_mobilefacenet.pth", threshold, "test")
+    try:
+        assert eval_command.main(["--model", str(root / "model_mobilefacenet.pth"), "--ijb", str(root / "IJBC"),
+                                  "--out", str(out)]) == 0
+    finally:
+        (root / "model_mobilefacenet.json").write_text(json.dumps(
+            {k: v for k, v in json.loads((root / "model_mobilefacenet.json").read_text()).items()
+             if not k.startswith("threshold")}))
+    report = json.loads((out / "ijbc.json").read_text())
+    for index, name in enumerate(("G1", "G2")):
+        gallery = [100 + 10 * s for s in range(4 * index, 4 * index + 4)]
+        subjects = {subject_of[g] for g in gallery}
+        strangers = [max(templates[p] @ templates[g] for g in gallery) for p in probes if subject_of[p] not in subjects]
+        hits = []
+        for p in (p for p in probes if subject_of[p] in subjects):
+            best = max(gallery, key=lambda g: templates[p] @ templates[g])
+            hits.append(subject_of[best] == subject_of[p] and templates[p] @ templates[best] >= threshold)
+        at = report["identification"][name]["at_model_threshold"]
+        assert at["fpir"] == pytest.approx(np.mean(np.array(strangers) >= threshold))
+        assert at["fnir"] == pytest.approx(1 - np.mean(hits))
 
 
 def test_embedding_resumes_after_an_interruption(layout, tmp_path, monkeypatch):
