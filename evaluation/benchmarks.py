@@ -34,6 +34,18 @@ def add_arguments(parser) -> None:
     group.add_argument("--tinyface", type=Path, default=None,
                        help="TinyFace folder (Testing_Set/ with Probe, Gallery_Match, Gallery_Distractor and the two "
                             ".mat files): rank-1/5/10/20 and mAP instead of the val sets")
+    group.add_argument("--open_set", type=Path, default=None, metavar="PROBES",
+                       help="open-set identification against the facebank --bank: PROBES/<name>/<photo>, people of "
+                            "the bank are mated probes, anyone else a stranger; FPIR and FNIR at the threshold, "
+                            "TPIR@FPIR, the DET curve")
+    group.add_argument("--bank", type=Path, default=Path("data/facebank"),
+                       help="--open_set: the facebank folder (built by facebank.py build with this model)")
+    group.add_argument("--aligned", action="store_true", help="--open_set: the probes are aligned 112x112 faces")
+    group.add_argument("--detector", default="mtcnn", choices=("mtcnn", "yunet"),
+                       help="--open_set: face detector for probe photos")
+    group.add_argument("--threshold", type=float, default=None,
+                       help="--open_set / --ijb: the cosine threshold FPIR and FNIR are reported at (default: the "
+                            "one stored with the model)")
     group.add_argument("--features", type=Path, default=None,
                        help="folder of the benchmarks' features files, where an interrupted embedding resumes "
                             "(default: the --out folder)")
@@ -50,16 +62,18 @@ def add_arguments(parser) -> None:
 
 
 def check_arguments(parser, args) -> None:
-    if args.ijb is not None and args.tinyface is not None:
-        parser.error("--ijb and --tinyface: one benchmark per run")
+    if sum(x is not None for x in (args.ijb, args.tinyface, args.open_set)) > 1:
+        parser.error("--ijb, --tinyface, --open_set: one benchmark per run")
+    if args.threshold is not None and not -1.0 <= args.threshold <= 1.0:
+        parser.error(f"--threshold is a cosine similarity in [-1, 1], got {args.threshold}")
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     if args.bootstrap < 0:
         parser.error(f"--bootstrap must be >= 0, got {args.bootstrap}")
     if args.calibrate is not None:
         args.calibrate_far = parse_far(args.calibrate)
-        if args.ijb is not None or args.tinyface is not None:
-            parser.error("--calibrate works on val set pairs, not with --ijb / --tinyface")
+        if requested(args):
+            parser.error("--calibrate works on val set pairs, not with --ijb / --tinyface / --open_set")
         listed = [name.strip() for name in args.val_sets.split(",")]
         if args.calibrate_set is not None and args.val_sets != "all" and args.calibrate_set not in listed:
             parser.error(f"--calibrate_set: {args.calibrate_set} is not among --val_sets {args.val_sets}")
@@ -77,7 +91,7 @@ def parse_far(text: str) -> float:
 
 
 def requested(args) -> bool:
-    return args.ijb is not None or args.tinyface is not None
+    return args.ijb is not None or args.tinyface is not None or args.open_set is not None
 
 
 # ----------------------------------------------------------------------------- thresholds with the model
@@ -147,8 +161,10 @@ def run(args, out: Path) -> int:
     print(model.describe())
     if args.ijb is not None:
         run_ijb(args, model, out)
-    else:
+    elif args.tinyface is not None:
         run_tinyface(args, model, out)
+    else:
+        run_open_set(args, model, out)
     return 0
 
 
@@ -204,7 +220,7 @@ def run_ijb(args, model, out: Path) -> dict:
              "| " + " | ".join(f"TAR@FAR={p.far_target:g}" for p in points) + " |", "|" + "---|" * len(points),
              "| " + " | ".join(f"{p.tar:.4f}" for p in points) + " |"]
     searches = search_galleries(protocol, template_ids, template_feats)
-    threshold = model_threshold(args.model)
+    threshold = args.threshold if args.threshold is not None else model_threshold(args.model)
     if searches:
         lines += ["", "1:N identification (mixed probes; probes of the other gallery's subjects are non-mated)", "",
                   "| gallery | mated | non-mated | " + " | ".join(f"rank-{r}" for r in DEFAULT_SEARCH_RANKS) + " | "
@@ -251,6 +267,51 @@ def run_tinyface(args, model, out: Path) -> dict:
              "included)", "", "| " + " | ".join(f"rank-{r}" for r in RANKS) + " | mAP |", "|" + "---|" * (len(RANKS) + 1),
              "| " + " | ".join(f"{100 * v:.2f}%" for v in cmc) + f" | {100 * search.mean_average_precision:.2f}% |"]
     _write_report(out, "tinyface", lines, report)
+    return report
+
+
+def run_open_set(args, model, out: Path) -> dict:
+    """The facebank's people as the gallery (each person's mean embedding, as face_verify.py names faces), the
+    probe folder's people as probes: mated where the name is in the bank, strangers otherwise."""
+    from faces.pipeline import make_detector
+    from identification import DEFAULT_FPIR_TARGETS, save_det_png, search_gallery
+    from inference.facebank import Facebank, check_model, person_photos
+    from inference.faces_in_files import FaceReader
+    from inference.loader import model_threshold
+
+    bank = Facebank.load(args.bank)
+    check_model(bank, model, args.bank)
+    read = FaceReader(args.aligned, None if args.aligned else make_detector(args.detector, args.device))
+    faces, labels, failed = [], [], []
+    for name, photos in person_photos(args.open_set).items():
+        for path in photos:
+            face, why = read(path)
+            if face is None:
+                failed.append(why)
+                continue
+            faces.append(face)
+            labels.append(bank.names.index(name) if name in bank.names else -1)
+    if not faces:
+        raise UserError(f"--open_set {args.open_set}: no usable probe face ({failed[0] if failed else 'no photos'})")
+    embeddings = model.embed(np.stack(faces), args.batch_size, args.flip)
+    search = search_gallery(embeddings, np.array(labels), bank.means, np.arange(len(bank.names)))
+    threshold = args.threshold if args.threshold is not None else model_threshold(args.model)
+    report = search.as_dict((1,), DEFAULT_FPIR_TARGETS)
+    report["left_out"] = failed
+    lines = ["# Open-set identification", "", f"{search.num_mated} probes of the bank's {len(bank.names)} people, "
+             f"{int((~search.mated).sum())} of strangers; {len(failed)} photos left out", ""]
+    if search.num_mated:
+        lines.append(f"rank-1 (closed set, mated probes): {100 * search.cmc([1])[0]:.2f}%")
+    for point in search.tpir_at_fpir(DEFAULT_FPIR_TARGETS):
+        lines.append(f"TPIR at FPIR {point.fpir_target:g}: {point.tpir:.4f} (threshold {point.threshold:.4f})")
+    if threshold is not None:
+        fnir, fpir = search.fnir_fpir(threshold)
+        report["at_threshold"] = {"threshold": threshold, "fpir": fpir, "fnir": fnir}
+        lines.append(f"at threshold {threshold:.4f}: FPIR {fpir:.4f} (strangers named), FNIR {fnir:.4f} "
+                     "(known people missed or misnamed)")
+    if search.num_mated and (~search.mated).any():
+        save_det_png(search, out / "det_open_set.png", "open-set identification", threshold)
+    _write_report(out, "open_set", lines, report)
     return report
 
 
