@@ -28,6 +28,9 @@ scores are computed, see `pair_scores`) lives at a time. What the metrics need i
     positive): O(positives) memory, and the TAR@FAR are exact, with no binning error.
 So the memory is O(P x D + trials x subsets + chunk x D + probe_block x chunk), whatever the number
 of distractors, and the features of 1M distractors can be streamed from disk.
+
+Galleries searched by probes (IJB-B/C 1:N, TinyFace, a facebank): `search_gallery`, with rank-k, mAP and the
+open-set FPIR / FNIR / TPIR@FPIR and DET curve, at the end of the module.
 """
 from __future__ import annotations
 

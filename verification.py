@@ -22,6 +22,10 @@ Instead of one pass over the pairs per threshold (400 x num_folds x 2 passes in 
 pair's position in the threshold grid is found once with `searchsorted`; one `bincount` per
 (fold, label, position) and a cumulative sum then give the confusion counts of every threshold
 on every fold, and the training counts are the totals minus the fold's own.
+
+Protocols without folds (IJB-B/C 1:1, a deployment threshold) use similarity scores instead (cosine, higher =
+more alike; d^2 = 2 - 2 cos for unit embeddings): `tar_at_far_scores`, `score_roc` and `calibrate_threshold`
+(the threshold at a target FAR with a bootstrap interval), at the end of the module.
 """
 from __future__ import annotations
 
