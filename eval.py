@@ -11,6 +11,7 @@ poses) and writes it as results.md and results.csv with a ROC figure per set.
 
     python eval.py --model M --ijb DIR --target IJBC|IJBB     IJB-B/C 1:1 TAR@FAR and 1:N (README "IJB-B/C")
     python eval.py --model M --tinyface DIR                   TinyFace rank-k and mAP (README "TinyFace")
+    python eval.py --model M --open_set PROBES --bank BANK    strangers vs known people: FPIR, FNIR, DET
     python eval.py --model M --data_path D --val_sets mine --calibrate far=1e-3
                                                               a deployment threshold stored with the model
 """
@@ -52,7 +53,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if benchmarks.requested(args):  # IJB-B/C or TinyFace instead of the val sets
+    if benchmarks.requested(args):  # IJB-B/C, TinyFace or --open_set instead of the val sets
         return benchmarks.run(args, default_output_dir(args.out, "eval", args.model.stem))
     names = resolve_valsets(args.data_path, args.val_sets)
     model = load_model(args.model, args.net, args.device, conventions_overrides(args))
