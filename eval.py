@@ -15,6 +15,12 @@ poses) and writes it as results.md and results.csv with a ROC figure per set.
 evaluates every model on the same pairs and breaks the results down by the pairs' |yaw| bins and by face
 resolution (evaluation.breakdowns): breakdowns.md, results.json and one figure per set and breakdown with a
 bar group / line per model, and McNemar's test between every two models on every level.
+
+    python eval.py --model M --ijb DIR --target IJBC|IJBB     IJB-B/C 1:1 TAR@FAR and 1:N (README "IJB-B/C")
+    python eval.py --model M --tinyface DIR                   TinyFace rank-k and mAP (README "TinyFace")
+    python eval.py --model M --open_set PROBES --bank BANK    strangers vs known people: FPIR, FNIR, DET
+    python eval.py --model M --data_path D --val_sets mine --calibrate far=1e-3
+                                                              a deployment threshold stored with the model
 """
 from __future__ import annotations
 
@@ -23,12 +29,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from evaluation import ValSet, evaluate_set, markdown_table, resolve_valsets, write_reports
+from evaluation import ValSet, benchmarks, evaluate_set, markdown_table, resolve_valsets, write_reports
 from evaluation.breakdown_reports import ModelEvaluation, breakdown_markdown, model_labels, write_breakdown_report
 from evaluation.breakdowns import add_breakdown_arguments, breakdown_set, compare_models, spec_from_args
 from inference.loader import add_flip_argument, add_model_arguments, conventions_overrides, load_model
 from inference.runtime import AMP_DTYPES
-from utils import CliParser, default_output_dir, run_cli
+from utils import CliParser, UserError, default_output_dir, run_cli
 
 
 def parse_args(argv=None):
@@ -46,7 +52,9 @@ def parse_args(argv=None):
                         help="report folder (default: work_space/eval/<model file name>[_vs_<next model>...]; "
                              "with several models, each one's table goes to <out>/<model file name>/)")
     add_breakdown_arguments(parser)
+    benchmarks.add_arguments(parser)
     args = parser.parse_args(argv)
+    benchmarks.check_arguments(parser, args)
     if args.batch_size < 1:
         parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
     if args.folds < 2:
@@ -56,6 +64,11 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if benchmarks.requested(args):  # IJB-B/C, TinyFace or --open_set instead of the val sets
+        if len(args.model) != 1:
+            raise UserError("--ijb / --tinyface / --open_set evaluate one --model at a time")
+        return benchmarks.run(one_model(args, args.model[0]),
+                              default_output_dir(args.out, "eval", args.model[0].stem))
     names = resolve_valsets(args.data_path, args.val_sets)
     spec = spec_from_args(args)
     for name in names:
@@ -71,12 +84,19 @@ def main(argv=None) -> int:
         model_out = out if len(labels) == 1 else out / label
         write_reports(evaluations[-1].results, model_out)
         print(f"wrote {model_out}/results.md, results.csv and roc_<set>.png")
+        # --calibrate, else the first set's best threshold: stored with this model
+        benchmarks.after_verification(one_model(args, path), evaluations[-1].results)
     if spec.by:
         tests = compare_models({e.label: e.breakdowns for e in evaluations})
         write_breakdown_report(evaluations, tests, spec, out)
         print(breakdown_markdown(evaluations, tests, spec), end="")
         print(f"wrote {out}/breakdowns.md, results.json and <breakdown>_<set>.png")
     return 0
+
+
+def one_model(args, path: Path) -> argparse.Namespace:
+    """The flags as a one-model command sees them (`--model` repeatable here, one path in evaluation.benchmarks)."""
+    return argparse.Namespace(**{**vars(args), "model": path})
 
 
 def evaluate_model(model, label: str, names: list[str], args, spec) -> ModelEvaluation:

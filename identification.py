@@ -28,6 +28,9 @@ scores are computed, see `pair_scores`) lives at a time. What the metrics need i
     positive): O(positives) memory, and the TAR@FAR are exact, with no binning error.
 So the memory is O(P x D + trials x subsets + chunk x D + probe_block x chunk), whatever the number
 of distractors, and the features of 1M distractors can be streamed from disk.
+
+Galleries searched by probes (IJB-B/C 1:N, TinyFace, a facebank): `search_gallery`, with rank-k, mAP and the
+open-set FPIR / FNIR / TPIR@FPIR and DET curve, at the end of the module.
 """
 from __future__ import annotations
 
@@ -413,4 +416,169 @@ def save_roc_png(result: IdentificationResult, path, title: str = "MegaFace chal
     axes.legend(fontsize=7, loc="lower right")
     headline = result.tar(1e-6) if any(math.isclose(f, 1e-6) for f in result.far_targets) else float("nan")
     axes.set_title(f"{title}: verification" + ("" if math.isnan(headline) else f", TAR@FAR=1e-6 {headline:.4f}"))
+    return _save(figure, path)
+
+
+# ----------------------------------------------------------------------------- gallery search (IJB 1:N, TinyFace)
+
+# A gallery of labelled entries (templates or images; distractors carry a label no probe has) searched by
+# probes, mated (their identity is in the gallery) or not. Scores are cosines of unit features (float64).
+# A probe's rank is 1 + the number of non-mate entries scoring at least as high as its best mate (a tie is
+# not a win, as above); the CMC at rank k is the fraction of mated probes with rank <= k. Open set, as NIST
+# reports IJB-C 1:N: at a threshold t, FPIR = the fraction of non-mated probes whose top score >= t (a
+# stranger named), FNIR = the fraction of mated probes NOT found at rank 1 with a score >= t (a known person
+# missed), TPIR = 1 - FNIR.
+
+GALLERY_PROBE_BLOCK = 64
+DEFAULT_SEARCH_RANKS = (1, 5, 10)
+DEFAULT_FPIR_TARGETS = (1e-2, 1e-1)
+
+
+@dataclass(frozen=True)
+class OpenSetPoint:
+    fpir_target: float
+    tpir: float
+    fpir: float          # achieved (<= the target)
+    threshold: float     # accept when the top score >= threshold
+
+
+@dataclass
+class GallerySearch:
+    mated: np.ndarray               # (P,) bool: the probe's label is in the gallery
+    rank: np.ndarray                # (P,) int64 rank of the best mate; 0 for non-mated probes
+    mate_score: np.ndarray          # (P,) the best mate's score; NaN for non-mated
+    top_score: np.ndarray           # (P,) the best score over the whole gallery
+    average_precision: np.ndarray   # (P,) AP over the ranked gallery; NaN for non-mated
+    num_gallery: int
+
+    @property
+    def num_mated(self) -> int:
+        return int(self.mated.sum())
+
+    def cmc(self, ranks) -> np.ndarray:
+        """Identification rate at each rank, over the mated probes."""
+        if not self.num_mated:
+            raise UserError("identification: no probe has a mate in the gallery: no CMC")
+        mated_rank = self.rank[self.mated]
+        return np.array([float(np.mean(mated_rank <= r)) for r in ranks])
+
+    @property
+    def mean_average_precision(self) -> float:
+        return float(np.nanmean(self.average_precision)) if self.num_mated else float("nan")
+
+    def tpir_fpir(self, threshold: float) -> tuple[float, float]:
+        """(TPIR, FPIR) at a threshold (NaN where there are no mated / non-mated probes)."""
+        hit = (self.rank == 1) & (self.mate_score >= threshold)
+        tpir = float(hit[self.mated].mean()) if self.num_mated else float("nan")
+        strangers = self.top_score[~self.mated]
+        fpir = float(np.mean(strangers >= threshold)) if strangers.size else float("nan")
+        return tpir, fpir
+
+    def fnir_fpir(self, threshold: float) -> tuple[float, float]:
+        tpir, fpir = self.tpir_fpir(threshold)
+        return 1 - tpir, fpir
+
+    def tpir_at_fpir(self, targets=DEFAULT_FPIR_TARGETS) -> list[OpenSetPoint]:
+        """TPIR at each FPIR target the non-mated probes support (>= 1/target of them), the threshold being
+        the lowest whose FPIR is within the target (`verification.threshold_at_far` on their top scores)."""
+        from verification import threshold_at_far
+
+        strangers = self.top_score[~self.mated]
+        supported, _ = far_targets_supported(strangers.size, targets)
+        points = []
+        for target in supported:
+            threshold = threshold_at_far(strangers, target)
+            tpir, fpir = self.tpir_fpir(threshold)
+            points.append(OpenSetPoint(target, tpir, fpir, threshold))
+        return points
+
+    def det_curve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(FPIR, FNIR, threshold) at every distinct top score of a non-mated probe and mate score of a
+        mated one, thresholds ascending (FPIR falls, FNIR rises)."""
+        hits = np.where((self.rank == 1) & self.mated, self.mate_score, -np.inf)[self.mated]
+        strangers = np.sort(self.top_score[~self.mated])
+        hits_sorted = np.sort(hits)
+        levels = np.unique(np.r_[strangers, hits_sorted[np.isfinite(hits_sorted)]])
+        fpir = 1 - np.searchsorted(strangers, levels, side="left") / max(strangers.size, 1)
+        tpir = 1 - np.searchsorted(hits_sorted, levels, side="left") / max(hits_sorted.size, 1)
+        return fpir, 1 - tpir, levels
+
+    def as_dict(self, ranks=DEFAULT_SEARCH_RANKS, fpir_targets=DEFAULT_FPIR_TARGETS) -> dict:
+        out = {"probes": int(self.mated.size), "mated_probes": self.num_mated,
+               "non_mated_probes": int((~self.mated).sum()), "gallery": self.num_gallery}
+        if self.num_mated:
+            out["cmc"] = {str(r): float(v) for r, v in zip(ranks, self.cmc(ranks))}
+            out["mAP"] = self.mean_average_precision
+        out["tpir_at_fpir"] = {f"{p.fpir_target:g}": {"tpir": p.tpir, "fpir": p.fpir, "threshold": p.threshold}
+                               for p in self.tpir_at_fpir(fpir_targets)}
+        return out
+
+
+def search_gallery(probes, probe_labels, gallery, gallery_labels,
+                   probe_block: int = GALLERY_PROBE_BLOCK) -> GallerySearch:
+    """Search `gallery` (G, D) with `probes` (P, D), unit features; labels are integers (see above). At most
+    one `probe_block x G` block of float64 scores lives at a time."""
+    probes = _as_features(probes, "probes")
+    gallery = _as_features(gallery, "gallery")
+    probe_labels, gallery_labels = np.asarray(probe_labels), np.asarray(gallery_labels)
+    if probe_labels.shape != (probes.shape[0],) or gallery_labels.shape != (gallery.shape[0],):
+        raise UserError(f"identification: {probes.shape[0]} probes and {gallery.shape[0]} gallery entries need as "
+                        f"many labels, got {probe_labels.shape} and {gallery_labels.shape}")
+    if probes.shape[1] != gallery.shape[1]:
+        raise UserError(f"identification: probes have {probes.shape[1]} dimensions, the gallery {gallery.shape[1]}")
+    num = probes.shape[0]
+    search = GallerySearch(np.isin(probe_labels, gallery_labels), np.zeros(num, np.int64), np.full(num, np.nan),
+                           np.full(num, -np.inf), np.full(num, np.nan), gallery.shape[0])
+    for start in range(0, num, probe_block):
+        stop = min(start + probe_block, num)
+        _search_block(search, probes[start:stop] @ gallery.T, probe_labels[start:stop], gallery_labels, start)
+    return search
+
+
+def _search_block(search: GallerySearch, scores: np.ndarray, labels, gallery_labels, first: int) -> None:
+    if scores.shape[1]:
+        search.top_score[first:first + scores.shape[0]] = scores.max(axis=1)
+    is_mate = labels[:, None] == gallery_labels[None, :]
+    for row in np.flatnonzero(is_mate.any(axis=1)):
+        mates = np.sort(scores[row, is_mate[row]])[::-1]
+        others = scores[row, ~is_mate[row]]
+        # The i-th best mate (1-based) sits at position i + (non-mates scoring at least as high as it).
+        beaten_by = (others[:, None] >= mates[None, :]).sum(axis=0)
+        positions = np.arange(1, mates.size + 1) + beaten_by
+        probe = first + row
+        search.mate_score[probe] = mates[0]
+        search.rank[probe] = positions[0]
+        search.average_precision[probe] = float(np.mean(np.arange(1, mates.size + 1) / positions))
+
+
+def save_search_cmc_png(search: GallerySearch, path, max_rank: int = 20, title: str = "CMC") -> Path:
+    """The CMC of a gallery search (rank 1..max_rank), with rank-1 and mAP in the title."""
+    ranks = np.arange(1, min(max_rank, max(search.num_gallery, 1)) + 1)
+    cmc = search.cmc(ranks)
+    figure = _figure()
+    axes = figure.add_subplot()
+    axes.plot(ranks, 100 * cmc, marker="o", ms=3)
+    axes.set_xlabel("rank")
+    axes.set_ylabel("identification rate (%)")
+    axes.grid(True, alpha=0.3)
+    axes.set_title(f"{title}: rank-1 {100 * cmc[0]:.2f}%, mAP {100 * search.mean_average_precision:.2f}%")
+    return _save(figure, path)
+
+
+def save_det_png(search: GallerySearch, path, title: str = "DET", threshold: float | None = None) -> Path:
+    """The open-set DET curve: FNIR against FPIR (log-log), with the point at `threshold` where given."""
+    fpir, fnir, _ = search.det_curve()
+    figure = _figure()
+    axes = figure.add_subplot()
+    visible = (fpir > 0) & (fnir > 0)
+    axes.loglog(fpir[visible], fnir[visible], lw=1.2, drawstyle="steps-post")
+    if threshold is not None:
+        fnir_at, fpir_at = search.fnir_fpir(threshold)
+        axes.plot([fpir_at], [fnir_at], "ko", ms=4, label=f"threshold {threshold:.3f}: FPIR {fpir_at:.4f}, "
+                                                           f"FNIR {fnir_at:.4f}")
+        axes.legend(fontsize=7, loc="upper right")
+    axes.set_xlabel("FPIR (strangers named)")
+    axes.set_ylabel("FNIR (known people missed)")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.set_title(title)
     return _save(figure, path)

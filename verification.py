@@ -22,6 +22,10 @@ Instead of one pass over the pairs per threshold (400 x num_folds x 2 passes in 
 pair's position in the threshold grid is found once with `searchsorted`; one `bincount` per
 (fold, label, position) and a cumulative sum then give the confusion counts of every threshold
 on every fold, and the training counts are the totals minus the fold's own.
+
+Protocols without folds (IJB-B/C 1:1, a deployment threshold) use similarity scores instead (cosine, higher =
+more alike; d^2 = 2 - 2 cos for unit embeddings): `tar_at_far_scores`, `score_roc` and `calibrate_threshold`
+(the threshold at a target FAR with a bootstrap interval), at the end of the module.
 """
 from __future__ import annotations
 
@@ -402,3 +406,118 @@ def roc_tar_at_far(dist, issame, far_target: float) -> float:
         return float("nan")
     fpr, tpr, _ = exact_roc(dist, issame)
     return float(tpr[fpr <= far_target].max())
+
+
+# ----------------------------------------------------------------------------- similarity scores, no folds
+
+# Benchmarks with a fixed protocol (IJB-B/C 1:1) and threshold calibration report operating points over all
+# pairs at once, on similarity scores (cosine: higher = more alike; TreB1eN's squared L2 is d^2 = 2 - 2 cos).
+
+@dataclass(frozen=True)
+class ScoreOperatingPoint:
+    """TAR at a target FAR over all pairs: accept a pair when its score >= threshold."""
+    far_target: float
+    tar: float
+    far: float          # achieved FAR (<= far_target)
+    threshold: float    # -inf when there are no negatives
+
+
+def threshold_at_far(negative_scores, far_target: float) -> float:
+    """The smallest threshold t with FAR(score >= t) <= far_target: with the negatives sorted descending
+    n_1 >= n_2 >= ... and k the largest count with k / n <= far_target, t is just above n_(k+1), so at most k
+    negatives are accepted (tied negatives together or not at all) and no lower threshold keeps the FAR.
+    insightface's eval_ijbc instead takes the ROC point whose FAR is nearest the target, which may exceed it."""
+    negatives = np.sort(np.asarray(negative_scores, dtype=np.float64))[::-1]
+    if negatives.size == 0:
+        return -math.inf
+    k = _largest_count_within(float(far_target), negatives.size)
+    return float(np.nextafter(negatives[k], np.inf)) if k < negatives.size else -math.inf
+
+
+def tar_at_far_scores(scores, issame, far_targets=DEFAULT_FAR_TARGETS) -> list[ScoreOperatingPoint]:
+    """The operating points of the supported targets (each needs >= 1/target negatives; see
+    `far_targets_supported`), smallest target first as given."""
+    scores = np.asarray(scores, dtype=np.float64)
+    issame = _as_labels(issame)
+    positives, negatives = scores[issame], scores[~issame]
+    supported, _ = far_targets_supported(negatives.size, far_targets)
+    points = []
+    for target in supported:
+        threshold = threshold_at_far(negatives, target)
+        points.append(ScoreOperatingPoint(target, float(_safe_rate(np.sum(positives >= threshold), positives.size)),
+                                          float(_safe_rate(np.sum(negatives >= threshold), negatives.size)),
+                                          threshold))
+    return points
+
+
+def score_roc(scores, issame) -> tuple[np.ndarray, np.ndarray, float]:
+    """(FAR, TAR, AUC) of the exact ROC of similarity scores (`exact_roc` on -score)."""
+    fpr, tpr, _ = exact_roc(-np.asarray(scores, dtype=np.float64), _as_labels(issame))
+    return fpr, tpr, roc_auc(fpr, tpr)
+
+
+def save_score_roc_png(fpr, tpr, points: list[ScoreOperatingPoint], path, title: str = "ROC") -> Path:
+    """TAR against log-scale FAR with the TAR@FAR points, as a PNG written atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    visible = fpr > 0
+    axes.plot(fpr[visible], tpr[visible], lw=1.5, label=f"AUC {roc_auc(fpr, tpr):.4f}")
+    if points:
+        axes.plot([p.far_target for p in points], [p.tar for p in points], "o", ms=4, label="TAR@FAR")
+    axes.set_xscale("log")
+    axes.set_xlim(min([1e-6] + [p.far_target for p in points]) / 2, 1)
+    axes.set_ylim(0, 1.01)
+    axes.set_xlabel("FAR (false accept rate)")
+    axes.set_ylabel("TAR (true accept rate)")
+    axes.set_title(title)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+    return path
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A deployment threshold at a target FAR, with bootstrap 95% intervals (accept when cosine >= threshold)."""
+    far_target: float
+    threshold: float
+    tar: float
+    far: float
+    threshold_ci: tuple[float, float]
+    tar_ci: tuple[float, float]
+    num_positive: int
+    num_negative: int
+    resamples: int
+
+
+def calibrate_threshold(scores, issame, far_target: float, resamples: int = 1000, seed: int = 0) -> Calibration:
+    """`threshold_at_far` on all pairs, and its percentile bootstrap: the same-person and the different-person
+    pairs are resampled with replacement (each group kept at its size), the threshold recomputed on each
+    resample and the TAR measured at it. A target needs >= 1/target different-person pairs."""
+    scores = np.asarray(scores, dtype=np.float64)
+    issame = _as_labels(issame)
+    positives, negatives = scores[issame], scores[~issame]
+    supported, _ = far_targets_supported(negatives.size, [far_target])
+    if not supported or positives.size == 0:
+        raise UserError(f"calibration at FAR {far_target:g} needs at least {math.ceil(1 / far_target - 1e-9)} "
+                        f"different-person pairs and one same-person pair; the set has {negatives.size} "
+                        f"different-person and {positives.size} same-person pairs")
+    point = tar_at_far_scores(scores, issame, [far_target])[0]
+    rng = np.random.default_rng(seed)
+    thresholds, tars = np.empty(resamples), np.empty(resamples)
+    for b in range(resamples):
+        thresholds[b] = threshold_at_far(negatives[rng.integers(0, negatives.size, negatives.size)], far_target)
+        tars[b] = np.mean(positives[rng.integers(0, positives.size, positives.size)] >= thresholds[b])
+
+    def interval(values):
+        low, high = np.percentile(values, [2.5, 97.5]) if resamples else (np.nan, np.nan)
+        return float(low), float(high)
+    return Calibration(far_target, point.threshold, point.tar, point.far, interval(thresholds), interval(tars),
+                       int(positives.size), int(negatives.size), resamples)

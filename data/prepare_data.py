@@ -2,6 +2,8 @@
 
     python data/prepare_data.py [--source data/faces_emore] [--out DIR] [--unpack] [--pose | --pose_file FILE]
                                 [--workers N] [--skip_decode_check] [--force]
+    python data/prepare_data.py --pairs_from FOLDER --out DIR/NAME [--pairs N] [--folds 10] [--seed S]
+                                [--align detect] [--pairs_file PAIRS.txt]     a val set from your own faces (data/pairs.py)
 
 Steps (each with a progress bar, each skipped on a re-run when its outputs are complete):
   1. scan     every record of train.rec through train.idx: framing, magic, lengths, labels within
@@ -341,7 +343,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--skip_decode_check", action="store_true",
                         help="check image bytes structurally only, without decoding every image (faster)")
     parser.add_argument("--force", action="store_true", help="redo every step even where outputs are complete")
+    own = parser.add_argument_group("a verification set from your own faces (writes DIR/NAME.bin and DIR/NAME/)")
+    own.add_argument("--pairs_from", type=Path, default=None,
+                     help="folder with one sub-folder of faces per identity (aligned 112x112, or photos with --align "
+                          "detect); --out DIR/NAME names the set")
+    own.add_argument("--pairs_file", type=Path, default=None,
+                     help="your own pairs instead of drawn ones: 'path1 path2 same' lines, paths relative to "
+                          "--pairs_from (default: the file's folder)")
+    own.add_argument("--pairs", type=int, default=6000, help="pairs to draw, half same, half different (LFW: 6000)")
+    own.add_argument("--folds", type=int, default=10, help="identity-disjoint folds (evaluate with eval.py --folds K)")
+    own.add_argument("--seed", type=int, default=0, help="seed of the drawing")
+    own.add_argument("--align", choices=("none", "detect"), default="none",
+                     help="none: the faces are aligned 112x112 crops; detect: photos, detected and aligned "
+                          "(--detector) as align.py does")
     args = parser.parse_args(argv)
+    if (args.pairs_from or args.pairs_file) and args.out is None:
+        parser.error("--pairs_from / --pairs_file need --out DIR/NAME (the set is written as DIR/NAME.bin and DIR/NAME/)")
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     if args.pose and args.pose_file is not None:
@@ -349,8 +366,42 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def prepare_pairs(args) -> int:
+    """--pairs_from / --pairs_file: data.pairs draws or reads the pairs and writes the set."""
+    from data.images import encode_jpeg, read_aligned_face
+    from data.pairs import identity_folders, make_pairs, read_pairs_file, write_pair_set
+
+    root = args.pairs_from if args.pairs_from is not None else args.pairs_file.parent
+    if args.pairs_file is not None:
+        pairs = read_pairs_file(args.pairs_file, root)
+    else:
+        pairs = make_pairs(identity_folders(root), args.pairs, args.folds, args.seed)
+    if args.align == "detect":
+        from faces.pipeline import PhotoAligner, make_detector
+
+        aligner = PhotoAligner(make_detector(args.detector))
+        def load(path):
+            return encode_jpeg(aligner(root / path).transpose(1, 2, 0), quality=95)
+    else:
+        def load(path):
+            read_aligned_face(root / path, hint=" (give --align detect for photos)")
+            return (root / path).read_bytes()  # an aligned JPEG/PNG goes into the .bin as it is
+    with tqdm(desc=f"pairs {args.out.name}", unit="img") as bar:
+        folder = write_pair_set(args.out.parent, args.out.name, pairs, load, bar.update)
+    same = sum(p.same for p in pairs)
+    print(f"{args.out.name}: {len(pairs)} pairs ({same} same, {len(pairs) - same} different) in {folder} and "
+          f"{args.out}.bin; evaluate with python eval.py --data_path {args.out.parent} --val_sets {args.out.name}"
+          + (f" --folds {args.folds}" if args.pairs_file is None and args.folds != 10 else ""))
+    if args.align == "detect" and aligner.fallbacks:
+        print(f"no face detected in {len(aligner.fallbacks)} photo(s), centre crop used: "
+              + ", ".join(str(p) for p in aligner.fallbacks[:5]))
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.pairs_from is not None or args.pairs_file is not None:
+        return prepare_pairs(args)
     source, out = args.source, args.out or args.source
     check_source(source)
     out.mkdir(parents=True, exist_ok=True)

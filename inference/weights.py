@@ -237,3 +237,30 @@ def _with_batch_counters(state: dict, reference: dict) -> dict:
             state[key] = torch.tensor(0, dtype=torch.long)
     return state
 
+
+
+def record_threshold(weights_path: str | Path, threshold: float, source: str) -> Path:
+    """Store a same-person cosine threshold with a model: `"threshold"` and `"threshold_source"` in the JSON
+    beside its weights (`metadata_path`; for an .onnx file too), other keys kept, written atomically. It is what
+    `inference.loader.model_threshold` reads (verify.py, face_verify.py, the facebank). A cosine t is TreB1eN's
+    squared L2 distance 2 - 2t between unit embeddings."""
+    path = metadata_path(weights_path)
+    values = recorded_metadata(weights_path)
+    values.update({"threshold": float(threshold), "threshold_source": str(source)})
+    atomic_write_text(path, json.dumps(values, indent=1) + "\n")
+    return path
+
+
+def recorded_metadata(weights_path: str | Path) -> dict:
+    """The JSON beside a weights file as a dict ({} when there is none); a file that is there but not a JSON
+    object is a UserError rather than something to overwrite."""
+    path = metadata_path(weights_path)
+    if not path.is_file():
+        return {}
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: not a readable JSON file ({err}); move it away to record a threshold") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: not a JSON object; move it away to record a threshold")
+    return values

@@ -154,3 +154,60 @@ def test_report_and_plots(tmp_path):
     assert report["subsets"][0]["tar_at_far"]["0.001"] is None  # 15 x 10 negatives < 1000
     for save, name in ((save_cmc_png, "cmc.png"), (save_roc_png, "roc.png")):
         assert save(result, tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- gallery search and open-set metrics
+
+def _unit(rows):
+    rows = np.asarray(rows, dtype=np.float64)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_gallery_search_ranks_ties_ap_and_open_set(tmp_path):
+    from identification import save_det_png, save_search_cmc_png, search_gallery
+
+    angle = np.deg2rad([0, 30, 30, 60, 90])
+    gallery = _unit(np.c_[np.cos(angle), np.sin(angle)])
+    gallery_labels = np.array([1, 2, -100, 1, 3])         # a distractor ties with label 2's entry
+    probes = _unit([[np.cos(np.deg2rad(30)), np.sin(np.deg2rad(30))], [1, 0], [-1, 0.2]])
+    probe_labels = np.array([2, 1, 7])                     # probe 2 is a stranger
+    search = search_gallery(probes, probe_labels, gallery, gallery_labels, probe_block=2)
+    assert list(search.mated) == [True, True, False]
+    # probe 0: its mate ties with the distractor (a tie is not a win) -> rank 2
+    assert list(search.rank) == [2, 1, 0]
+    assert search.cmc([1, 2]).tolist() == [0.5, 1.0]
+    # probe 1 has mates at positions 1 and 4 (angles 0 and 60; the 30-degree two come first): AP = (1/1 + 2/4) / 2
+    assert search.average_precision[1] == pytest.approx(0.75) and search.average_precision[0] == pytest.approx(0.5)
+    assert search.mean_average_precision == pytest.approx(0.625)
+    stranger_top = search.top_score[2]
+    tpir, fpir = search.tpir_fpir(stranger_top)
+    assert (tpir, fpir) == (0.5, 1.0)                      # the stranger is named; probe 1 found at rank 1
+    fnir, fpir = search.fnir_fpir(np.nextafter(stranger_top, 1))
+    assert (fnir, fpir) == (0.5, 0.0)
+    fpir_curve, fnir_curve, levels = search.det_curve()
+    assert np.all(np.diff(levels) > 0) and np.all(np.diff(fpir_curve) <= 0) and np.all(np.diff(fnir_curve) >= 0)
+    assert search.tpir_at_fpir([0.5, 1e-2]) == []          # one non-mated probe measures no FPIR below 1
+    report = search.as_dict((1, 2), ())
+    assert report["cmc"] == {"1": 0.5, "2": 1.0} and report["non_mated_probes"] == 1
+    for path in (save_search_cmc_png(search, tmp_path / "cmc.png"), save_det_png(search, tmp_path / "det.png",
+                                                                               threshold=0.5)):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(UserError, match="dimensions"):
+        search_gallery(probes, probe_labels, np.ones((2, 3)), [1, 2])
+
+
+def test_tpir_at_fpir_is_the_lowest_threshold_within_the_target():
+    from identification import search_gallery
+
+    rng = np.random.default_rng(0)
+    gallery = _unit(rng.normal(size=(20, 16)))
+    labels = np.arange(20)
+    mated = _unit(gallery + 0.6 * rng.normal(size=(20, 16)))
+    strangers = _unit(rng.normal(size=(30, 16)))
+    search = search_gallery(np.r_[mated, strangers], np.r_[labels, np.full(30, 99)], gallery, labels)
+    (point,) = search.tpir_at_fpir([0.1])
+    tops = np.sort(search.top_score[~search.mated])[::-1]
+    assert point.fpir <= 0.1 and tops[3] < point.threshold <= np.nextafter(tops[3], 1)  # 3 of 30 may pass
+    best = max(search.tpir_fpir(t)[0] for t in np.r_[search.mate_score[search.mated], tops, np.inf]
+               if search.tpir_fpir(t)[1] <= 0.1)
+    assert point.tpir == best
