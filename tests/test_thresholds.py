@@ -34,7 +34,7 @@ def setup(tmp_path):
 def cosines(setup, name):
     model = load_model(setup / "model_mobilefacenet.pth")
     valset = ValSet.load(setup, name)
-    embeddings = model.embed(valset.images)
+    embeddings = model.embed(valset.images, batch_size=16)  # eval.py's batches: the same kernels, the same rounding
     return np.einsum("ij,ij->i", embeddings[0::2], embeddings[1::2]), valset.issame
 
 
@@ -96,7 +96,7 @@ def test_eval_calibrate_stores_a_threshold_that_later_runs_keep(setup, capsys):
     stored = json.loads(metadata_path(model).read_text())
     scores, issame = cosines(setup, "mine")
     negatives = np.sort(scores[~issame])[::-1]  # 10 negatives: FAR 0.1 accepts at most 1
-    assert negatives[1] < stored["threshold"] <= negatives[1] + 1e-5
+    assert negatives[1] - 1e-6 < stored["threshold"] <= negatives[1] + 1e-5  # just above the 2nd negative
     tar = np.mean(scores[issame] >= stored["threshold"])
     assert f"TAR {tar:.4f}" in printed and "threshold at FAR 0.1 on mine: cosine" in printed
     assert stored["threshold_source"].startswith("calibrated at FAR 0.1 on mine (10 same / 10 different pairs), "
