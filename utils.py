@@ -88,6 +88,17 @@ def _umask() -> int:
     return mask
 
 
+def read_text_lines(path: str | os.PathLike, what: str) -> list[str]:
+    """The lines of a UTF-8 text file a user names; a missing or unreadable one is a UserError naming `what`
+    (e.g. '--pairs_file x.txt' or 'x.txt: noise list')."""
+    try:
+        return Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UserError(f"{what}: not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{what}: cannot read: {err}") from None
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> None:
     with atomic_path(path, durable) as tmp:
         tmp.write_bytes(data)

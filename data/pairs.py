@@ -24,7 +24,7 @@ import numpy as np
 
 from data.images import photo_files
 from data.valsets import convert_bin, write_bin
-from utils import UserError, atomic_write_text
+from utils import UserError, atomic_write_text, read_text_lines
 
 
 @dataclass(frozen=True)
@@ -149,12 +149,7 @@ def read_pairs_file(path: str | Path, root: str | Path) -> list[Pair]:
     """A user's own pairs, `path1 path2 same` per line (same: 1/0, true/false, same/different; paths relative to
     `root` or absolute; `#` comments and blank lines skipped). Fold -1: eval.py's k-fold cuts them in order."""
     path, root = Path(path), Path(root)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UserError(f"--pairs_file {path}: not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"--pairs_file {path}: cannot read: {err}") from None
+    lines = read_text_lines(path, f"--pairs_file {path}")
     truth = {"1": True, "true": True, "same": True, "0": False, "false": False, "different": False}
     pairs = []
     for number, line in enumerate(lines, 1):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import UserError, atomic_write_bytes
+from utils import UserError, atomic_write_bytes, read_text_lines
 
 FACESCRUB_LIST = "facescrub_features_list.json"
 MEGAFACE_LIST_PATTERN = re.compile(r"^megaface_features_list\.json_(\d+)_(\d+)$")
@@ -294,12 +294,7 @@ def read_noise_list(path: str | Path) -> list[str]:
     keeps its second field (megaface_noises.txt's `<number>\\t<a>/<b>/<image>` lines), as insightface's
     remove_noises.py reads them."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UserError(f"{path}: noise list not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: cannot read noise list: {err}") from None
+    lines = read_text_lines(path, f"{path}: noise list")
     entries = []
     for line in lines:
         line = line.strip()
