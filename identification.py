@@ -414,3 +414,33 @@ def save_roc_png(result: IdentificationResult, path, title: str = "MegaFace chal
     headline = result.tar(1e-6) if any(math.isclose(f, 1e-6) for f in result.far_targets) else float("nan")
     axes.set_title(f"{title}: verification" + ("" if math.isnan(headline) else f", TAR@FAR=1e-6 {headline:.4f}"))
     return _save(figure, path)
+
+
+# ----------------------------------------------------------------------------- gallery / probe identification
+
+def gallery_ranks(probes, probe_labels, gallery, gallery_labels) -> np.ndarray:
+    """(P,) rank of each probe's own identity in a gallery (one or more entries per identity): 1 + the number
+    of other identities whose best entry scores at least as high as the probe's best mate (a tie is not a
+    win, as in the CMC above); scores as `pair_scores`. Every probe's identity must be in the gallery."""
+    probes, gallery = _as_features(probes, "probes"), _as_features(gallery, "gallery")
+    probe_labels, gallery_labels = np.asarray(probe_labels), np.asarray(gallery_labels)
+    identities, gallery_index = np.unique(gallery_labels, return_inverse=True)
+    position = np.searchsorted(identities, probe_labels)
+    position = np.minimum(position, len(identities) - 1)
+    missing = identities[position] != probe_labels
+    if missing.any():
+        raise UserError(f"identification: probe identity {probe_labels[np.flatnonzero(missing)[0]]!r} has no "
+                        "gallery entry")
+    scores = pair_scores(probes, gallery, squared_norms(probes), squared_norms(gallery))
+    best = np.full((len(probes), len(identities)), -np.inf, dtype=np.float32)
+    for column in range(len(identities)):  # each identity's best-scoring entry
+        best[:, column] = scores[:, gallery_index == column].max(axis=1)
+    mate = best[np.arange(len(probes)), position]
+    beaten = (best >= mate[:, None]).sum(axis=1) - 1
+    return 1 + beaten
+
+
+def cmc_from_ranks(ranks, max_rank: int = DEFAULT_MAX_RANK) -> np.ndarray:
+    """(max_rank,) identification rate at ranks 1..max_rank."""
+    ranks = np.asarray(ranks)
+    return np.array([(ranks <= r).mean() if ranks.size else np.nan for r in range(1, max_rank + 1)])
