@@ -54,7 +54,7 @@ def image_folds(identities, num_folds: int, seed: int) -> list[Fold]:
     if num_folds < 2:
         raise UserError(f"--num_folds {num_folds}: at least 2 folds")
     if counts.min() < 2:
-        raise UserError(f"--cv images: identity {names[counts.argmin()]!r} has one image; every identity needs two "
+        raise UserError(f"--cv images: identity {str(names[counts.argmin()])!r} has one image; every identity needs two "
                         "(one to train on, one to test)")
     rng = np.random.default_rng([seed, 22])
     fold_of = np.empty(len(identities), dtype=np.int64)
