@@ -81,7 +81,9 @@ def parse(argv=None):
         if not options.droneface:
             raise UserError(f"-d {args.data_mode}: crossval.py reads a face folder: give -d droneface or --data_path DIR")
         del args.data_mode
-        if not hasattr(args, "data_path"):
+        from config import read_settings
+        preset = read_settings(args.config) if getattr(args, "config", None) else {}
+        if not hasattr(args, "data_path") and "data_path" not in preset:
             args.data_path = DRONEFACE_DEFAULT_PATH
         options.meta_from_filename = options.meta_from_filename or "droneface"
     if not hasattr(args, "val_sets"):

@@ -429,7 +429,7 @@ def gallery_ranks(probes, probe_labels, gallery, gallery_labels) -> np.ndarray:
     position = np.minimum(position, len(identities) - 1)
     missing = identities[position] != probe_labels
     if missing.any():
-        raise UserError(f"identification: probe identity {probe_labels[np.flatnonzero(missing)[0]]!r} has no "
+        raise UserError(f"identification: probe identity {str(probe_labels[np.flatnonzero(missing)[0]])!r} has no "
                         "gallery entry")
     scores = pair_scores(probes, gallery, squared_norms(probes), squared_norms(gallery))
     best = np.full((len(probes), len(identities)), -np.inf, dtype=np.float32)
