@@ -139,6 +139,10 @@ def load_dataset(config, options):
         log.info("%s: %s", folder.source, note)
     prepare = {"resize": resize_face, "none": as_aligned}.get(options.align) or _detecting_aligner(options, config)
     images, records = load_faces(folder, prepare, options.strict)
+    if hasattr(prepare, "fallbacks"):
+        folder.notes.append(f"--align detect: no face found in {sum(prepare.fallbacks)} of {len(prepare.fallbacks)} "
+                            "images; those were resized whole")
+        log.info("%s: %s", folder.source, folder.notes[-1])
     dataset = FaceFolderDataset(images, records, config.augment, config.seed)
     log.info("%s: %d images of %d identities (%s)", folder.source, len(dataset), dataset.num_classes,
              ", ".join(dataset.side_info.names) or "no pose")

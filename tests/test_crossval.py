@@ -204,3 +204,14 @@ def test_paired_comparison_agrees_with_scipy():
     assert "cannot reach p < 0.05" in result["statement"]
     same = fold_scores.paired_comparison([0.5, 0.6], [0.5, 0.6], ("a", "b"), "rank1")
     assert same["t_test_p"] == 1.0 and "NOT significant" in same["statement"]
+
+
+def test_align_detect_aligns_real_faces_and_resizes_the_rest(tmp_path):
+    from tests.helpers import face_like, skimage_photo, write_photo
+    write_photo(tmp_path / "astronaut.png", skimage_photo("astronaut")[:260, 100:330])  # a face crop, 230x260
+    write_photo(tmp_path / "plain.jpg", face_like(3, 64))  # no face in it
+    (tmp_path / "meta.csv").write_text("astronaut.png,eileen,0\nplain.jpg,nobody,0\n")
+    config, options = crossval.parse(["--data_path", str(tmp_path), "--align", "detect", "--head", "arcface"])
+    dataset, folder = crossval.load_dataset(config, options)
+    assert dataset.images.shape == (2, 3, 112, 112)
+    assert folder.notes[-1] == "--align detect: no face found in 1 of 2 images; those were resized whole"
