@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from config import AMP_MODES, NET_MODES, SCHEDULES, AugmentConfig, Config, data_path_for, read_settings
 from utils import CliParser, UserError, run_cli, setup_logging
@@ -153,9 +154,10 @@ def runs_crossval(argv: list[str]) -> bool:
 
 
 def main() -> int:
-    if runs_crossval(sys.argv[1:]):
-        import crossval
-        return crossval.main(sys.argv[1:])
+    if runs_crossval(sys.argv[1:]):  # hand the command line over to crossval.py (which builds on this parser)
+        import runpy
+        runpy.run_path(str(Path(__file__).with_name("crossval.py")), run_name="__main__")
+        return 0
     args = build_parser().parse_args()
     # torchrun: the other ranks report warnings only (rank 0 logs the run)
     main_process = os.environ.get("RANK", "0") == "0"
