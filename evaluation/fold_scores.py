@@ -3,7 +3,8 @@
 Scores (per fold, from L2-normalised embeddings of every image of the data set):
   * `open_set` (--cv identities): the gallery holds ONE enrolment image of every identity of the data set,
     chosen by `ENROLMENT_RULE` — the held-out identities' from their own images, the training identities'
-    from theirs (they act as distractors in the gallery); every other held-out image is a probe. Rank-k /
+    from theirs (they act as distractors in the gallery; `held_out_gallery` scores the same probes against
+    the held-out identities' entries alone); every other held-out image is a probe. Rank-k /
     CMC from `identification.gallery_ranks`; verification (`verification.verify`, 10 folds) over the pairs
     of held-out images (all pairs, or a seeded sample of `max_pairs`).
   * `closed_set` (--cv images): the gallery is each identity's mean embedding over its TRAINING images;
@@ -60,6 +61,11 @@ def open_set(embeddings, records, identities, train, test, max_pairs: int, seed:
     ranks = gallery_ranks(embeddings[probes], identities[probes], embeddings[gallery], identities[gallery])
     scores = _rank_scores(ranks, len(gallery))
     scores["gallery_images"] = [records[i].path.name for i in gallery]
+    # the same probes against the held-out identities' enrolment images alone (no trained-on distractors)
+    held_out = np.isin(identities[gallery], identities[test])
+    alone = gallery_ranks(embeddings[probes], identities[probes], embeddings[gallery[held_out]],
+                          identities[gallery[held_out]])
+    scores["held_out_gallery"] = {"rank1": float(np.mean(alone == 1)), "gallery_size": int(held_out.sum())}
     scores["verification"] = pair_verification(embeddings[test], identities[test], max_pairs, seed)
     return scores, probes, ranks
 

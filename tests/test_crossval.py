@@ -68,6 +68,7 @@ def test_paired_identity_folds_from_one_pretrained_start(drone, tmp_path, monkey
         for head in ("arcface", "pgaml"):
             scores = fold["heads"][head]
             assert scores["gallery_size"] == 4 and scores["num_probes"] == fold["num_test_images"] - 2
+            assert scores["held_out_gallery"]["gallery_size"] == 2
             assert 0 <= scores["rank1"] <= scores["rank5"] <= 1 and scores["cmc"] == sorted(scores["cmc"])
             assert scores["verification"]["num_pairs"] == 16 * 15 // 2
             assert set(scores["breakdown"]["height"]) == {"1.5", "3", "4", "5"}
@@ -186,6 +187,7 @@ def test_open_set_gallery_rule_and_breakdown():
     embeddings = unit([[1, 0], [0.8, 0.6], [1, 0.1], [0, 1], [0.1, 1], [0.9, 0.2]])
     scores, probes, ranks = fold_scores.open_set(embeddings, records, identities, np.array([]), np.arange(6), 0, 0)
     assert scores["gallery_images"] == ["a2.jpg", "b1.jpg"]
+    assert scores["held_out_gallery"] == {"rank1": 0.75, "gallery_size": 2}
     assert probes.tolist() == [0, 1, 3, 5] and ranks.tolist() == [1, 1, 1, 2]
     strata = fold_scores.breakdown(records, probes, ranks)
     assert strata["yaw"] == {"|yaw|<30": {"rank1": 1.0, "count": 2}, "|yaw| 30-60": {"rank1": 0.0, "count": 1},
