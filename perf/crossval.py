@@ -1,7 +1,7 @@
 """Wall time of one 5-fold x 2-head (ArcFace, PGAML) cross-validation with MobileFaceNet on the synthetic
 DroneFace-like folder (target: under 15 minutes on 2 CPU cores), and the fold table it produces.
 
-    python -m perf.crossval [--distances 8] [--epochs 5] [--pretrain_steps 60] [--out work_space/perf_crossval]
+    python -m perf.crossval [--distances 8] [--epochs 5] [--pretrain_steps 60 | --pretrained FILE] [--out DIR]
 
 Setup (timed, outside the target): the DroneFace-like folder (11 subjects x 4 heights x `--distances`), and a
 starting model — MobileFaceNet + ArcFace trained for `--pretrain_steps` steps on a synthetic emore set of OTHER
@@ -45,6 +45,8 @@ def main(argv=None) -> int:
     parser.add_argument("--distances", type=int, default=8, help="DroneFace distance IDs per subject and height")
     parser.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs per fold")
     parser.add_argument("--pretrain_steps", type=int, default=60, help="steps of the starting model (0: none)")
+    parser.add_argument("--pretrained", type=Path, default=None, help="start from this weights file instead of "
+                        "pretraining one (e.g. <out>/model_pretrained.pth of an earlier run)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     setup_logging()
@@ -52,7 +54,7 @@ def main(argv=None) -> int:
     faces = args.out / "droneface"
     synthetic.generate_droneface(faces, identities=11, distances=args.distances, seed=args.seed, workers=2)
     generated = time.perf_counter()
-    start_from = pretrain(args.out, args.pretrain_steps, args.seed) if args.pretrain_steps else None
+    start_from = args.pretrained or (pretrain(args.out, args.pretrain_steps, args.seed) if args.pretrain_steps else None)
     pretrained = time.perf_counter()
 
     training_s = []
