@@ -60,6 +60,10 @@ class Config:
     embedding_size: int = 512
     drop_ratio: float | None = None       # None: the backbone's own default (0.6 IR/IR-SE, 0 IResNet)
     pretrained: str | None = None         # backbone weights to start from (ours, TreB1eN or arcface_torch)
+    # fine-tuning (with pretrained weights): the head always starts fresh for the new identities
+    freeze_backbone_epochs: float = 0.0   # epochs during which only the class centres train (backbone fixed)
+    backbone_lr_mult: float = 1.0         # the backbone's LR as a multiple of the centres' (e.g. 0.1)
+    freeze_bn: bool = False               # keep the backbone's BatchNorm running statistics as loaded
     head: str = "arcface"
     head_options: dict = field(default_factory=dict)  # the head's keyword arguments (s, m, m1, m2, ...)
     pose_schedule: float = 0.0            # PGAML: epochs over which the pose term m2 ramps in (0 = at once)
@@ -128,6 +132,8 @@ class Config:
             raise UserError(f"--milestones must be increasing positive epochs, not {self.milestones}")
         if not isinstance(self.head_options, dict):
             raise UserError("head_options must be a mapping of the head's keyword arguments")
+        if self.freeze_backbone_epochs < 0 or self.backbone_lr_mult < 0:
+            raise UserError("--freeze_backbone_epochs and --backbone_lr_mult must not be negative")
         if self.drop_ratio is not None and not 0.0 <= self.drop_ratio < 1.0:
             raise UserError(f"--drop_ratio must be in [0, 1), not {self.drop_ratio}")
 

@@ -582,3 +582,34 @@ def save_det_png(search: GallerySearch, path, title: str = "DET", threshold: flo
     axes.grid(True, which="both", alpha=0.3)
     axes.set_title(title)
     return _save(figure, path)
+
+
+# ----------------------------------------------------------------------------- gallery / probe identification
+
+def gallery_ranks(probes, probe_labels, gallery, gallery_labels) -> np.ndarray:
+    """(P,) rank of each probe's own identity in a gallery (one or more entries per identity): 1 + the number
+    of other identities whose best entry scores at least as high as the probe's best mate (a tie is not a
+    win, as in the CMC above); scores as `pair_scores`. Every probe's identity must be in the gallery. An identity's
+    rank, where `search_gallery`'s is an entry's: the two agree when each identity has one entry."""
+    probes, gallery = _as_features(probes, "probes"), _as_features(gallery, "gallery")
+    probe_labels, gallery_labels = np.asarray(probe_labels), np.asarray(gallery_labels)
+    identities, gallery_index = np.unique(gallery_labels, return_inverse=True)
+    position = np.searchsorted(identities, probe_labels)
+    position = np.minimum(position, len(identities) - 1)
+    missing = identities[position] != probe_labels
+    if missing.any():
+        raise UserError(f"identification: probe identity {str(probe_labels[np.flatnonzero(missing)[0]])!r} has no "
+                        "gallery entry")
+    scores = pair_scores(probes, gallery, squared_norms(probes), squared_norms(gallery))
+    best = np.full((len(probes), len(identities)), -np.inf, dtype=np.float32)
+    for column in range(len(identities)):  # each identity's best-scoring entry
+        best[:, column] = scores[:, gallery_index == column].max(axis=1)
+    mate = best[np.arange(len(probes)), position]
+    beaten = (best >= mate[:, None]).sum(axis=1) - 1
+    return 1 + beaten
+
+
+def cmc_from_ranks(ranks, max_rank: int = DEFAULT_MAX_RANK) -> np.ndarray:
+    """(max_rank,) identification rate at ranks 1..max_rank."""
+    ranks = np.asarray(ranks)
+    return np.array([(ranks <= r).mean() if ranks.size else np.nan for r in range(1, max_rank + 1)])

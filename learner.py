@@ -81,6 +81,7 @@ class Learner:
         self.head = PartialFC(config.embedding_size, self.num_classes, build.margin_for(config), config.sample_rate)
         self.head.to(self.device)
         self.model = build.wrap_for_training(self.backbone, self.device, self.dist.distributed, config.compile)
+        self._batch_norms = [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self._buffers = list(self.backbone.buffers())
         self._buffer_backup = [b.clone() for b in self._buffers]
         self.optimizer = SGD(build.param_groups(self.backbone, self.head.kernel, config), lr=config.lr,
@@ -190,8 +191,22 @@ class Learner:
     def _follow_schedule(self) -> None:
         progress = self.epoch_progress()
         self.set_lr(lr_at(self.config, progress))
+        self._set_backbone_mode()
         self.head.margin.set_epoch(progress)
         self.head.margin.set_step(self.progress.step)
+
+    def backbone_frozen(self) -> bool:
+        """--freeze_backbone_epochs: whether the backbone is a fixed feature extractor at this point."""
+        return self.epoch_progress() < self.config.freeze_backbone_epochs
+
+    def _set_backbone_mode(self) -> None:
+        """Eval mode while frozen (no dropout, BatchNorm statistics kept); with --freeze_bn the BatchNorm layers
+        stay in eval mode afterwards too (the small fine-tuning set never moves the pretrained statistics)."""
+        frozen = self.backbone_frozen()
+        self.backbone.train(not frozen)
+        if self.config.freeze_bn and not frozen:
+            for module in self._batch_norms:
+                module.eval()
 
     def set_lr(self, lr: float) -> None:
         self.lr = lr
@@ -217,8 +232,12 @@ class Learner:
     def _forward(self, images, labels, side):
         x = to_model_input(images, self.device, self.config.channels_last, self.conventions)
         labels = labels.to(self.device, non_blocking=True)
-        with autocast(self.device, self.amp_dtype):
-            embeddings, norms = self.model(x)
+        if self.backbone_frozen():  # no graph through the backbone: only the centres learn (and it is cheaper)
+            with torch.no_grad(), autocast(self.device, self.amp_dtype):
+                embeddings, norms = self.backbone.forward_with_norm(x)
+        else:
+            with autocast(self.device, self.amp_dtype):
+                embeddings, norms = self.model(x)
         extra = {name: side[name].to(self.device) for name in self.side_names if name in side}
         if _uses_norms(self.head.margin):
             extra["norms"] = norms.float()

@@ -6,6 +6,8 @@
 TreB1eN's short flags (-n/-net, -b, -e, -lr, -w, -d, -depth) keep their meaning; every other flag has a long
 name equal to its `config.Config` field. Precedence: Config defaults < `--config FILE` < flags given.
 Distributed: `torchrun --nproc_per_node=N train.py ...` (NCCL on GPUs, gloo on CPU).
+The PGAML authors' `train.py -b 16 -e 20 -d droneface -p True -fold 5` (any `-d droneface` or `-fold K`) is a
+cross-validation on a face folder: crossval.py runs it (README, "Fine-tune on your own data").
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import argparse
 import json
 import logging
 import os
+import sys
+from pathlib import Path
 
 from config import AMP_MODES, NET_MODES, SCHEDULES, AugmentConfig, Config, data_path_for, read_settings
 from utils import CliParser, UserError, run_cli, setup_logging
@@ -53,8 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     flag("-depth", "--net_depth", "--depth", type=int, choices=(50, 100, 152), help="IR / IR-SE depth")
     flag("--embedding_size", type=int, help="embedding dimension")
     flag("--drop_ratio", type=float, help="dropout before the embedding layer (default: 0.6 IR/IR-SE, 0 IResNet)")
-    flag("--pretrained", help="backbone weights to start from: ours, TreB1eN's or arcface_torch's (fine-tuning)")
+    flag("--pretrained", help="backbone weights to start from: ours, TreB1eN's, arcface_torch's or an .onnx export "
+                              "(fine-tuning; the head starts fresh for the new identities)")
+    flag("--freeze_backbone_epochs", type=float, help="fine-tuning: epochs during which only the class centres train")
+    flag("--backbone_lr_mult", type=float, help="fine-tuning: the backbone's LR as a multiple of the centres' LR")
+    flag("--freeze_bn", action="store_true", help="fine-tuning: keep the backbone's BatchNorm statistics as loaded")
     flag("--head", choices=list_heads(), help="margin head")
+    group.add_argument("-p", "--with_pose", type=_true_or_false, metavar="true|false",
+                       help="the PGAML authors' flag: true = --head pgaml, false = --head arcface")
     # --scale/--margin rather than --s/--m: torchrun's argparse rejects any flag that abbreviates one of its own
     group.add_argument("--scale", dest="s", type=float, help="head scale s (default: the head's own, 64 for most)")
     group.add_argument("--margin", dest="m", type=float, help="head margin m (arcface 0.5, cosface 0.35, ...)")
@@ -117,6 +127,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if "data_mode" in given:
         mode_path = data_path_for(given.pop("data_mode"))
         given.setdefault("data_path", mode_path)
+    if "with_pose" in given:
+        head = "pgaml" if given.pop("with_pose") else "arcface"
+        if given.get("head", head) != head:
+            raise UserError(f"-p/--with_pose means --head {head}, but --head {given['head']} is given")
+        given["head"] = head
     if "net_depth" in given:
         given["depth"] = given.pop("net_depth")
     head_options = dict(values.get("head_options", {}))
@@ -132,7 +147,21 @@ def config_from_args(args: argparse.Namespace) -> Config:
                             source=getattr(args, "config", None) or "flags")
 
 
+def runs_crossval(argv: list[str]) -> bool:
+    """The PGAML authors' `train.py -d droneface ... -fold K` is a cross-validation: crossval.py runs it."""
+    for index, arg in enumerate(argv):
+        name, _, value = arg.partition("=")
+        if name in ("-fold", "--num_folds") or (name in ("-d", "--data_mode") and
+                                                (value or (argv[index + 1:] or [""])[0]) == "droneface"):
+            return True
+    return False
+
+
 def main() -> int:
+    if runs_crossval(sys.argv[1:]):  # hand the command line over to crossval.py (which builds on this parser)
+        import runpy
+        runpy.run_path(str(Path(__file__).with_name("crossval.py")), run_name="__main__")
+        return 0
     args = build_parser().parse_args()
     # torchrun: the other ranks report warnings only (rank 0 logs the run)
     main_process = os.environ.get("RANK", "0") == "0"
@@ -159,6 +188,16 @@ def _int_list(text: str) -> list[int]:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, not {text!r}") from None
+
+
+def _true_or_false(text: str) -> bool:
+    """A real boolean flag (the authors' `type=bool` made "False" true)."""
+    value = text.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
 def _number(text: str):

@@ -69,6 +69,11 @@ def _json_rows(path: Path):
         entries = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UserError(f"{path}: not valid JSON ({err})") from None
+    if isinstance(entries, str):  # the PGAML authors' file is a JSON string holding the JSON list
+        try:
+            entries = json.loads(entries)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}: a JSON string that is not itself valid JSON ({err})") from None
     if not isinstance(entries, list):
         raise UserError(f"{path}: expected a list of {{\"img_path\", \"yaw\", \"pitch\", ...}} objects")
     for index, entry in enumerate(entries):

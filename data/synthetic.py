@@ -9,6 +9,7 @@ jitter, so a model cannot identify a profile face from its colours alone.
 
 Usage (from the repository root):
     python data/synthetic.py --out data/synthetic --classes 200 --per-class 40 --workers 2
+    python data/synthetic.py --layout droneface --out data/droneface_synthetic   (see generate_droneface)
 
 Output folder:
     train.rec, train.idx   key 0: header record, label [N+1, N+1+C], no image
@@ -58,7 +59,8 @@ from tqdm import tqdm
 from data.images import encode_jpeg
 from data.recordio import IRHeader, RecordWriter, pack, write_property
 from data.valsets import write_bin
-from utils import CliParser, UserError, atomic_save_npy, atomic_write_text, run_cli, setup_logging
+from utils import (CliParser, UserError, atomic_save_npy, atomic_write_bytes, atomic_write_text, run_cli,
+                   setup_logging)
 
 RENDER_SIZE = 64
 IMAGE_SIZE = 112
@@ -502,14 +504,16 @@ def val_pair_jobs(seed: int, set_index: int, name: str, num_pairs: int,
 
 
 @contextlib.contextmanager
-def rendering(workers: int):
-    """Yield a function that maps render_job over a list of jobs, in order, here or in `workers` processes."""
+def rendering(workers: int, render=None):
+    """Yield a function that maps `render` (default render_job) over a list of jobs, in order, here or in
+    `workers` processes."""
+    render = render or render_job
     if workers == 1:
-        yield lambda jobs: map(render_job, jobs)
+        yield lambda jobs: map(render, jobs)
         return
     # spawn, not fork: safe when the caller already runs threads (torch), and the same on every platform
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        yield lambda jobs: pool.imap(render_job, jobs, chunksize=16)
+        yield lambda jobs: pool.imap(render, jobs, chunksize=16)
 
 
 # ---- Writing the emore folder
@@ -608,6 +612,103 @@ def generate(out_dir: str | Path, num_classes: int, per_class: int, *, val_class
             "images_per_second": round(num_rendered / max(seconds, 1e-9), 1)}
 
 
+# ---- The DroneFace-like layout (--layout droneface): raw face crops named as DroneFace's, the authors' JSON
+DRONEFACE_STREAM = 5
+DRONEFACE_HEIGHT_IDS = (0, 3, 4, 5)      # 1.5, 3, 4, 5 m
+DRONEFACE_MAX_CROP = 384                 # DroneFace's crops span 23x31 to 384x384 pixels
+DRONEFACE_MIN_CROP = 23
+DEFAULT_DRONE_DISTANCES = 8
+
+
+@dataclass(frozen=True)
+class DroneJob:
+    seed: int
+    subject: int                 # 0 = 'a'
+    height_id: int
+    distance_id: int
+    max_size: int
+
+
+def drone_geometry(height_id: int, distance_id: int) -> tuple[float, float, float]:
+    """(camera height m, camera elevation above the eyes deg, slant distance m) of a DroneFace capture."""
+    from evaluation.protocols.droneface import HEIGHT_ID_METRES, distance_metres
+
+    height, ground = HEIGHT_ID_METRES[height_id], distance_metres(distance_id)
+    rise = height - 1.6  # the eyes of a standing person
+    return height, math.degrees(math.atan2(rise, ground)), math.hypot(rise, ground)
+
+
+def drone_crop_size(slant_m: float, rng: np.random.Generator, max_size: int) -> tuple[int, int]:
+    """(width, height) of the face crop: 384 px tall at 2 m, ~30 px at 17 m, a little narrower than tall."""
+    tall = float(np.clip(DRONEFACE_MAX_CROP * (2.0 / slant_m) ** 1.2, DRONEFACE_MIN_CROP * 4 / 3, DRONEFACE_MAX_CROP))
+    wide = float(np.clip(tall * rng.uniform(0.72, 1.0), DRONEFACE_MIN_CROP, DRONEFACE_MAX_CROP))
+    shrink = min(1.0, max_size / max(tall, wide))
+    return max(8, round(wide * shrink)), max(8, round(tall * shrink))
+
+
+def render_drone_job(job: DroneJob) -> tuple[bytes, float, float]:
+    """(JPEG bytes, yaw, pitch) of one DroneFace-like crop: the farther and higher the camera, the fewer
+    pixels the face keeps and the blurrier it is."""
+    rng = rng_for(job.seed, DRONEFACE_STREAM, job.subject, job.height_id, job.distance_id)
+    person = identity_for(job.seed, job.subject)
+    yaw = sample_yaw(rng, "train")
+    _, elevation, slant = drone_geometry(job.height_id, job.distance_id)
+    pitch = float(np.clip(rng.normal(0, 5) + elevation, -45, 70))
+    age = float(np.clip(person.base_age + rng.uniform(-0.05, 0.05), 0, 1))
+    nuisance = sample_nuisance(rng, yaw, slant, age)
+    nuisance = replace(nuisance, face_pixels=int(np.clip(round(RENDER_SIZE * 3.0 / slant), 12, RENDER_SIZE)),
+                       blur_sigma=nuisance.blur_sigma * 0.5 + 0.08 * slant)
+    face = render_face(person, yaw, pitch, nuisance)
+    width, height = drone_crop_size(slant, rng, job.max_size)
+    interpolation = cv2.INTER_AREA if height < IMAGE_SIZE else cv2.INTER_LINEAR
+    crop = cv2.resize(face, (width, height), interpolation=interpolation)
+    return encode_jpeg(crop, nuisance.jpeg_quality), yaw, pitch
+
+
+def drone_distance_ids(count: int) -> list[int]:
+    """`count` distance IDs spread evenly over DroneFace's 0..30 (17 m .. 2 m), both ends included."""
+    return sorted({int(round(i * 30 / max(count - 1, 1))) for i in range(count)})
+
+
+def generate_droneface(out_dir: str | Path, identities: int = 11, distances: int = DEFAULT_DRONE_DISTANCES,
+                       seed: int = 0, workers: int = 1, max_size: int = DRONEFACE_MAX_CROP) -> dict:
+    """A DroneFace-like folder: `photos_all_faces/<subject>_gp_<heightID>_ef_<distanceID>.jpg` for
+    `identities` subjects (a, b, ...) x 4 heights x `distances` distances, and beside it the PGAML authors'
+    JSON list `face_angles.json` ({"img_path", "p_id", "id", "yaw", "pitch", "landmark_points"}) with the
+    true yaw and pitch (no landmarks: `landmark_points` is null)."""
+    from evaluation.protocols.droneface import JSON_NAME, PHOTO_FOLDER, SUBJECTS, file_name
+
+    checks = [("--identities", identities, 2), ("--distances", distances, 1), ("--seed", seed, 0),
+              ("--workers", workers, 1), ("--max-size", max_size, 8)]
+    for flag, value, minimum in checks:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+            raise UserError(f"{flag} must be an integer >= {minimum}, got {value!r}")
+    if identities > len(SUBJECTS):
+        raise UserError(f"--identities {identities}: DroneFace names {len(SUBJECTS)} subjects (a-k) at most")
+    if distances > 31:
+        raise UserError(f"--distances {distances}: DroneFace has 31 distance IDs (0-30)")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    (out / PHOTO_FOLDER).mkdir(parents=True, exist_ok=True)
+    (out / JSON_NAME).unlink(missing_ok=True)  # written last: its presence means complete
+    started = time.perf_counter()
+    jobs = [DroneJob(seed, subject, height_id, distance_id, max_size) for subject in range(identities)
+            for height_id in DRONEFACE_HEIGHT_IDS for distance_id in drone_distance_ids(distances)]
+    entries = []
+    with rendering(workers, render_drone_job) as render_many:
+        for job, (jpeg, yaw, pitch) in zip(jobs, tqdm(render_many(jobs), total=len(jobs), desc="droneface",
+                                                      unit="img", leave=False)):
+            name = f"{PHOTO_FOLDER}/{file_name(SUBJECTS[job.subject], job.height_id, job.distance_id)}"
+            atomic_write_bytes(out / name, jpeg, durable=False)
+            entries.append({"img_path": name, "p_id": job.subject, "id": SUBJECTS[job.subject],
+                            "yaw": round(yaw, 4), "pitch": round(pitch, 4), "landmark_points": None})
+    atomic_write_text(out / JSON_NAME, json.dumps(entries, indent=1) + "\n")
+    seconds = time.perf_counter() - started
+    return {"out_dir": str(out), "num_classes": identities, "num_images": len(jobs), "seconds": round(seconds, 2),
+            "images_per_second": round(len(jobs) / max(seconds, 1e-9), 1)}
+
+
 # ---- CLI
 def parse_args(argv=None) -> argparse.Namespace:
     parser = CliParser(description="Generate an emore-format synthetic face data set with known head pose.")
@@ -621,12 +722,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the identities, poses and nuisances: the same seed gives the same data set")
     parser.add_argument("--workers", type=int, default=1, help="rendering processes (default: 1)")
+    group = parser.add_argument_group("--layout droneface (a DroneFace-like folder of raw face crops)")
+    group.add_argument("--layout", choices=("emore", "droneface"), default="emore",
+                       help="emore: train.rec + val sets; droneface: photos_all_faces/<DroneFace names>.jpg + the "
+                            "PGAML authors' JSON (default: emore)")
+    group.add_argument("--identities", type=int, default=11, help="droneface: subjects a, b, ... (default: 11)")
+    group.add_argument("--distances", type=int, default=DEFAULT_DRONE_DISTANCES,
+                       help=f"droneface: distance IDs spread over 0..30 (17 m .. 2 m) (default: {DEFAULT_DRONE_DISTANCES})")
+    group.add_argument("--max-size", type=int, default=DRONEFACE_MAX_CROP,
+                       help=f"droneface: largest crop side in pixels (default: {DRONEFACE_MAX_CROP}, DroneFace's)")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     setup_logging()
     args = parse_args(argv)
+    if args.layout == "droneface":
+        summary = generate_droneface(args.out, args.identities, args.distances, seed=args.seed, workers=args.workers,
+                                     max_size=args.max_size)
+        log.info("wrote %d DroneFace-like crops of %d identities to %s in %.1f s", summary["num_images"],
+                 summary["num_classes"], summary["out_dir"], summary["seconds"])
+        return 0
     summary = generate(args.out, args.classes, args.per_class, val_classes=args.val_classes,
                        val_pairs=args.val_pairs, seed=args.seed, workers=args.workers)
     log.info("wrote %d images of %d identities + %s to %s in %.1f s (%.0f images/s)", summary["num_images"],

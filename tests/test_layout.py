@@ -22,7 +22,7 @@ LAYERS = [
     {"learner"},
 ]
 COMMANDS = {"train", "eval", "lfw_eval", "megaface", "demo", "align", "embed", "verify", "export", "facebank",
-            "face_verify", "infer_on_video", "take_pic"}
+            "face_verify", "infer_on_video", "take_pic", "crossval"}
 # commands that live in their package (TreB1eN's `python data/prepare_data.py`): above every layer, like the others
 PACKAGE_COMMANDS = {"data.prepare_data", "data.synthetic"}
 ROOT_LIBRARIES = {"config", "learner", "model", "heads", "partial_fc", "verification", "identification", "utils"}

@@ -77,11 +77,25 @@ def param_groups(backbone: nn.Module, kernel: nn.Parameter, config: Config) -> l
             (no_decay if is_norm or name == "bias" else decay).append(param)
     wd = config.weight_decay
     if config.net_mode == "mobilefacenet":
-        return [{"params": decay[:-1], "weight_decay": wd / 10},
-                {"params": decay[-1:] + [kernel], "weight_decay": wd},
-                {"params": no_decay, "weight_decay": 0.0}]
-    return [{"params": decay + [kernel], "weight_decay": wd},
-            {"params": no_decay, "weight_decay": 0.0}]
+        groups = [{"params": decay[:-1], "weight_decay": wd / 10},
+                  {"params": decay[-1:] + [kernel], "weight_decay": wd},
+                  {"params": no_decay, "weight_decay": 0.0}]
+    else:
+        groups = [{"params": decay + [kernel], "weight_decay": wd},
+                  {"params": no_decay, "weight_decay": 0.0}]
+    return with_backbone_lr_mult(groups, kernel, config.backbone_lr_mult, wd)
+
+
+def with_backbone_lr_mult(groups: list[dict], kernel: nn.Parameter, mult: float, wd: float) -> list[dict]:
+    """--backbone_lr_mult: the backbone's groups scaled (`lr_mult`, read by training.schedule.set_lr), the class
+    centres in a group of their own at the full LR. A multiplier of 1 leaves the groups as they were, so
+    checkpoints keep their optimiser layout."""
+    if mult == 1.0:
+        return groups
+    for group in groups:
+        group["params"] = [p for p in group["params"] if p is not kernel]
+        group["lr_mult"] = mult
+    return [g for g in groups if g["params"]] + [{"params": [kernel], "weight_decay": wd, "lr_mult": 1.0}]
 
 
 def val_sets_for(config: Config, given=None) -> list[ValSet]:

@@ -32,5 +32,6 @@ def lr_at(config: Config, epoch_progress: float) -> float:
 
 
 def set_lr(optimizer, lr: float) -> None:
+    """Every group's LR: `lr`, times the group's `lr_mult` where it has one (--backbone_lr_mult)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_mult", 1.0)
