@@ -28,7 +28,6 @@ renumbered 0..C-1.
 """
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import re
@@ -42,7 +41,7 @@ import numpy as np
 from config import AugmentConfig
 from data.datasets import _AugmentedDataset
 from data.images import ImageDecodeError, decode_rgb, photo_files
-from data.pose_file import _csv_rows, _json_rows, _number
+from data.pose_file import _csv_rows, _json_rows, _number, read_csv_table
 from utils import UserError
 
 log = logging.getLogger(__name__)
@@ -184,11 +183,7 @@ def _is_placeholder(entry: dict) -> bool:
 
 
 def _csv_meta_rows(path: Path):
-    try:
-        lines = path.read_text().splitlines()
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not a text CSV ({err})") from None
-    table = list(csv.reader(lines))
+    table = read_csv_table(path)
     columns, start = list(CSV_COLUMNS), 0
     if table and table[0] and table[0][0].strip().lower() == "path":
         columns, start = [c.strip().lower() for c in table[0]], 1

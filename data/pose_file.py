@@ -84,12 +84,17 @@ def _json_rows(path: Path):
             yield where, str(entry["img_path"]), entry
 
 
-def _csv_rows(path: Path):
+def read_csv_table(path: Path) -> list[list[str]]:
+    """A CSV file's rows; a file that is not text is a UserError naming it."""
     try:
         lines = path.read_text().splitlines()
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: not a text CSV ({err})") from None
-    reader = list(csv.reader(lines))
+    return list(csv.reader(lines))
+
+
+def _csv_rows(path: Path):
+    reader = read_csv_table(path)
     columns = ["key_or_path", "yaw", "pitch", "height"]
     start = 0
     if reader and len(reader[0]) > 1 and reader[0][1].strip().lower() == "yaw":  # a header line

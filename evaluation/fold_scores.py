@@ -79,22 +79,22 @@ def class_means(embeddings: np.ndarray, identities: np.ndarray) -> tuple[np.ndar
 
 def closed_set(embeddings, identities, train, test, max_pairs: int, seed: int) -> tuple[dict, np.ndarray, np.ndarray]:
     """Held-out images against class means of the training images only."""
-    identities = np.asarray(identities)
-    names, means = class_means(embeddings[train], identities[train])
-    ranks = gallery_ranks(embeddings[test], identities[test], means, names)
-    scores = _rank_scores(ranks, len(names))
-    scores["verification"] = pair_verification(embeddings[test], identities[test], max_pairs, seed)
-    return scores, np.asarray(test), ranks
+    return _against_class_means(embeddings, np.asarray(identities), train, test, max_pairs, seed)
 
 
 def seed_protocol(embeddings, identities, test, max_pairs: int, seed: int) -> tuple[dict, np.ndarray, np.ndarray]:
     """The PGAML authors' score: test images against their test identities' means, each probe in its own mean."""
-    identities = np.asarray(identities)
-    names, means = class_means(embeddings[test], identities[test])
-    ranks = gallery_ranks(embeddings[test], identities[test], means, names)
+    return _against_class_means(embeddings, np.asarray(identities), test, test, max_pairs, seed)
+
+
+def _against_class_means(embeddings, identities: np.ndarray, mean_of, probes, max_pairs: int,
+                         seed: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    """The `probes` ranked against the class means of the `mean_of` images, and verification over the probes."""
+    names, means = class_means(embeddings[mean_of], identities[mean_of])
+    ranks = gallery_ranks(embeddings[probes], identities[probes], means, names)
     scores = _rank_scores(ranks, len(names))
-    scores["verification"] = pair_verification(embeddings[test], identities[test], max_pairs, seed)
-    return scores, np.asarray(test), ranks
+    scores["verification"] = pair_verification(embeddings[probes], identities[probes], max_pairs, seed)
+    return scores, np.asarray(probes), ranks
 
 
 def pair_verification(embeddings: np.ndarray, identities: np.ndarray, max_pairs: int, seed: int) -> dict:
