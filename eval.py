@@ -19,6 +19,8 @@ bar group / line per model, and McNemar's test between every two models on every
     python eval.py --model M --ijb DIR --target IJBC|IJBB     IJB-B/C 1:1 TAR@FAR and 1:N (README "IJB-B/C")
     python eval.py --model M --tinyface DIR                   TinyFace rank-k and mAP (README "TinyFace")
     python eval.py --model M --open_set PROBES --bank BANK    strangers vs known people: FPIR, FNIR, DET
+    python eval.py --model A --model B --gallery_probe FOLDER [--meta_from_filename droneface]
+                                                              rank-1/5 per height, distance, |yaw| bin; CMC
     python eval.py --model M --data_path D --val_sets mine --calibrate far=1e-3
                                                               a deployment threshold stored with the model
 """
@@ -29,7 +31,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from evaluation import ValSet, benchmarks, evaluate_set, markdown_table, resolve_valsets, write_reports
+from evaluation import ValSet, benchmarks, evaluate_set, gallery_probe, markdown_table, resolve_valsets, write_reports
 from evaluation.breakdown_reports import ModelEvaluation, breakdown_markdown, model_labels, write_breakdown_report
 from evaluation.breakdowns import add_breakdown_arguments, breakdown_set, compare_models, spec_from_args
 from inference.loader import add_flip_argument, add_model_arguments, conventions_overrides, load_model
@@ -53,8 +55,10 @@ def parse_args(argv=None):
                              "with several models, each one's table goes to <out>/<model file name>/)")
     add_breakdown_arguments(parser)
     benchmarks.add_arguments(parser)
+    gallery_probe.add_arguments(parser)
     args = parser.parse_args(argv)
     benchmarks.check_arguments(parser, args)
+    gallery_probe.check_arguments(parser, args, benchmarks.requested(args))
     if args.batch_size < 1:
         parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
     if args.folds < 2:
@@ -69,6 +73,10 @@ def main(argv=None) -> int:
             raise UserError("--ijb / --tinyface / --open_set evaluate one --model at a time")
         return benchmarks.run(one_model(args, args.model[0]),
                               default_output_dir(args.out, "eval", args.model[0].stem))
+    if gallery_probe.requested(args):  # identification on a face folder with metadata instead of the val sets
+        labels = model_labels(args.model)
+        gallery_probe.run(args, labels, default_output_dir(args.out, "eval", "_vs_".join(labels).replace("/", "_")))
+        return 0
     names = resolve_valsets(args.data_path, args.val_sets)
     spec = spec_from_args(args)
     for name in names:

@@ -114,14 +114,16 @@ def pair_verification(embeddings: np.ndarray, identities: np.ndarray, max_pairs:
     return {"num_pairs": int(len(first)), "num_positive": result.num_positive, **result.scalars()}
 
 
-def breakdown(records, probes: np.ndarray, ranks: np.ndarray) -> dict:
-    """Rank-1 and probe count per capture height, distance bin and |yaw| bin."""
-    hits = np.asarray(ranks) == 1
+def breakdown(records, probes: np.ndarray, ranks: np.ndarray, at_ranks=(1,)) -> dict:
+    """Rank-k (k in `at_ranks`: keys rank1, rank5, ...) and probe count per capture height, distance bin and
+    |yaw| bin."""
+    ranks = np.asarray(ranks)
     out: dict[str, dict] = {"height": {}, "distance": {}, "yaw": {}}
 
     def add(kind: str, label: str, mask: np.ndarray) -> None:
         if mask.any():
-            out[kind][label] = {"rank1": float(hits[mask].mean()), "count": int(mask.sum())}
+            out[kind][label] = {**{f"rank{k}": float((ranks[mask] <= k).mean()) for k in at_ranks},
+                                "count": int(mask.sum())}
 
     heights = np.array([records[i].height for i in probes])
     for value in np.unique(heights[np.isfinite(heights)]):
@@ -233,13 +235,19 @@ def plot_losses(losses: dict[str, list[list[float]]], path) -> None:
     _save(figure, path)
 
 
-def plot_cmc(cmc: dict[str, list[float]], path) -> None:
+def plot_cmc(cmc: dict[str, list[float]], path, ylabel: str = "identification rate (%), mean over folds",
+             title: str | None = None) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     figure = _figure()
     axes = figure.add_subplot()
     for head, values in cmc.items():
         axes.plot(range(1, len(values) + 1), [100 * v for v in values], marker="o", label=head)
     axes.set_xlabel("rank")
-    axes.set_ylabel("identification rate (%), mean over folds")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_ylabel(ylabel)
+    if title:
+        axes.set_title(title)
     axes.grid(True, alpha=0.3)
     axes.legend()
     _save(figure, path)
