@@ -127,41 +127,16 @@ def config_for(config, head: str, work_path: Path):
 
 def load_dataset(config, options):
     """(the face folder as a FaceFolderDataset, its FaceFolder with the problems met)."""
-    from data.face_folder import FaceFolderDataset, as_aligned, load_faces, read_face_folder, resize_face
-    from evaluation.protocols.droneface import SUBJECTS, filename_meta
+    from data.face_folder import FaceFolderDataset
+    from evaluation.gallery_probe import load_face_folder
+    from evaluation.protocols.droneface import SUBJECTS
 
-    pattern = filename_meta(options.meta_from_filename, options.height_from_id) if options.meta_from_filename else None
-    if options.height_from_id and pattern is None:
-        raise UserError("--height_from_id needs --meta_from_filename (the height ID comes from the file name)")
-    folder = read_face_folder(config.data_path, options.meta, options.pose_file, pattern, options.strict,
-                              known_identities=SUBJECTS if options.droneface else None)
-    for note in folder.notes:
-        log.info("%s: %s", folder.source, note)
-    prepare = {"resize": resize_face, "none": as_aligned}.get(options.align) or _detecting_aligner(options, config)
-    images, records = load_faces(folder, prepare, options.strict)
-    if hasattr(prepare, "fallbacks"):
-        folder.notes.append(f"--align detect: no face found in {sum(prepare.fallbacks)} of {len(prepare.fallbacks)} "
-                            "images; those were resized whole")
-        log.info("%s: %s", folder.source, folder.notes[-1])
+    images, records, folder = load_face_folder(config.data_path, options,
+                                               known_identities=SUBJECTS if options.droneface else None)
     dataset = FaceFolderDataset(images, records, config.augment, config.seed)
     log.info("%s: %d images of %d identities (%s)", folder.source, len(dataset), dataset.num_classes,
              ", ".join(dataset.side_info.names) or "no pose")
     return dataset, folder
-
-
-def _detecting_aligner(options, config):
-    """--align detect: the face pipeline (detector + 5-point alignment); the whole crop where no face is found."""
-    from faces.pipeline import align_photo, inset, make_detector
-
-    detector = make_detector(options.detector, device="cpu")
-    fallbacks = []
-
-    def prepare(rgb):
-        face = align_photo(rgb, detector, fallback=inset(0.0))
-        fallbacks.append(face.how == "fallback")
-        return face.chw()
-    prepare.fallbacks = fallbacks
-    return prepare
 
 
 # ------------------------------------------------------------------------------------------ running

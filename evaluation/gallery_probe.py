@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -28,6 +29,7 @@ GALLERY_RULES = {
     "frontal": "the most frontal image: smallest |yaw|, then lowest height, then nearest distance, then first "
                "file name (unknown values sort last)",
 }
+log = logging.getLogger(__name__)
 REPORTED_RANKS = (1, 5)
 KINDS = (("height", "capture height"), ("distance", "distance"), ("yaw", "|yaw|"))
 
@@ -72,20 +74,51 @@ def check_arguments(parser, args, others_requested: bool) -> None:
 
 # ------------------------------------------------------------------------------------------ data
 
-def load_folder(args):
-    """(uint8 N x 3 x 112 x 112 faces, their FaceRecords, the FaceFolder) of --gallery_probe."""
+def load_face_folder(root, options, known_identities=None):
+    """(uint8 N x 3 x 112 x 112 faces, their FaceRecords, the FaceFolder with the problems met) of a face folder
+    read with the face-folder flags `options` carries (meta, pose_file, meta_from_filename, height_from_id,
+    align, detector, strict): eval.py --gallery_probe's and crossval.py's one way of reading one."""
     from data.face_folder import as_aligned, load_faces, read_face_folder, resize_face
     from evaluation.protocols.droneface import filename_meta
 
+    if options.height_from_id and not options.meta_from_filename:
+        raise UserError("--height_from_id needs --meta_from_filename (the height ID comes from the file name)")
+    pattern = filename_meta(options.meta_from_filename, options.height_from_id) if options.meta_from_filename else None
+    folder = read_face_folder(root, options.meta, options.pose_file, pattern, options.strict,
+                              known_identities=known_identities)
+    for note in folder.notes:
+        log.info("%s: %s", folder.source, note)
+    prepare = {"resize": resize_face, "none": as_aligned}.get(options.align) or detecting_aligner(options.detector)
+    images, records = load_faces(folder, prepare, options.strict)
+    if hasattr(prepare, "fallbacks"):
+        folder.notes.append(f"--align detect: no face found in {sum(prepare.fallbacks)} of {len(prepare.fallbacks)} "
+                            "images; those were resized whole")
+        log.info("%s: %s", folder.source, folder.notes[-1])
+    return images, records, folder
+
+
+def detecting_aligner(detector_name: str):
+    """--align detect: the face pipeline (detector + 5-point alignment); the whole crop where no face is found
+    (`.fallbacks`: one bool per image, True where that happened)."""
+    from faces.pipeline import align_photo, inset, make_detector
+
+    detector = make_detector(detector_name, device="cpu")
+    fallbacks = []
+
+    def prepare(rgb):
+        face = align_photo(rgb, detector, fallback=inset(0.0))
+        fallbacks.append(face.how == "fallback")
+        return face.chw()
+    prepare.fallbacks = fallbacks
+    return prepare
+
+
+def load_folder(args):
+    """--gallery_probe's faces, records and FaceFolder; refused where no image has a height, distance or yaw."""
     if not Path(args.gallery_probe).is_dir():
         raise UserError(f"--gallery_probe {args.gallery_probe}: not a folder")
-    if args.height_from_id and not args.meta_from_filename:
-        raise UserError("--height_from_id needs --meta_from_filename (the height ID comes from the file name)")
-    pattern = filename_meta(args.meta_from_filename, args.height_from_id) if args.meta_from_filename else None
-    folder = read_face_folder(args.gallery_probe, args.meta, args.pose_file, pattern, args.strict)
+    images, records, folder = load_face_folder(args.gallery_probe, args)
     check_metadata(folder)
-    prepare = {"resize": resize_face, "none": as_aligned}.get(args.align) or _detecting_aligner(args.detector)
-    images, records = load_faces(folder, prepare, args.strict)
     return images, records, folder
 
 
@@ -95,13 +128,6 @@ def check_metadata(folder) -> None:
         raise UserError(f"--gallery_probe {folder.root}: {folder.source} gives no height, distance or yaw for any "
                         "image: give --meta (CSV path,identity,yaw[,pitch][,height][,distance] or the authors' JSON), "
                         "--pose_file or --meta_from_filename")
-
-
-def _detecting_aligner(detector_name: str):
-    from faces.pipeline import align_photo, inset, make_detector
-
-    detector = make_detector(detector_name, device="cpu")
-    return lambda rgb: align_photo(rgb, detector, fallback=inset(0.0)).chw()
 
 
 # ------------------------------------------------------------------------------------------ scoring
