@@ -137,3 +137,24 @@ def test_gallery_probe_is_one_benchmark_per_run(tmp_path, drone):
     result = run_command("eval.py", "--model", drone / "model_0.pth", "--gallery_probe", tmp_path,
                          "--tinyface", tmp_path)
     assert result.returncode == 2 and "one benchmark per run" in result.stderr
+
+
+def test_identity_folders_with_a_csv_and_the_frontal_rule(tmp_path, drone):
+    rows = ["path,identity,yaw,height,distance"]
+    for who, offset in (("ann", 0), ("bob", 20)):
+        for i, (yaw, height, distance) in enumerate([(50, 1.5, 3.0), (-10, 5.0, 15.0), (70, 3.0, 7.0)]):
+            (tmp_path / "faces" / who).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "faces" / who / f"{i}.jpg").write_bytes(jpeg(offset + i, size=64))
+            rows.append(f"{who}/{i}.jpg,{who},{yaw},{height},{distance}")
+    (tmp_path / "faces" / "meta.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    result = run_command("eval.py", "--model", drone / "model_0.pth", "--gallery_probe", tmp_path / "faces",
+                         "--gallery_rule", "frontal", "--no_flip", "--out", out)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "results.json").read_text())
+    assert report["gallery_images"] == ["ann/1.jpg", "bob/1.jpg"]  # |yaw| 10: the most frontal
+    assert report["probe_images"] == ["ann/0.jpg", "ann/2.jpg", "bob/0.jpg", "bob/2.jpg"]
+    strata = report["models"]["model_0"]["breakdown"]
+    assert {k: v["count"] for k, v in strata["distance"].items()} == {"<5 m": 2, "5-9 m": 2}
+    assert {k: v["count"] for k, v in strata["yaw"].items()} == {"|yaw| 30-60": 2, "|yaw|>=60": 2}
+    assert report["paired"] == [] and (out / "cmc.png").stat().st_size > 0
