@@ -32,31 +32,15 @@ DRONEFACE_DEFAULT_PATH = "data/droneface"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from data.face_folder import ALIGN_MODES
+    from evaluation.gallery_probe import add_face_folder_arguments
     from faces.pipeline import DETECTORS
     from training.kfold import CV_PROTOCOLS
 
     parser = train.build_parser()
     parser.prog, parser.description = "crossval.py", __doc__
     group = parser.add_argument_group("cross-validation (-d droneface: DroneFace's file names and subjects a-k)")
-    group.add_argument("--meta", default=None, help="metadata file: the PGAML authors' JSON list or a CSV "
-                       "path,identity,yaw[,pitch][,height][,distance] (default: the only *.json/*.csv in --data_path, "
-                       "else one sub-folder per identity)")
-    group.add_argument("--pose_file", default=None, help="with one sub-folder per identity: the pose of each image "
-                       "(the authors' JSON or a CSV path,yaw[,pitch][,height])")
-    group.add_argument("--meta_from_filename", default=None, metavar="REGEX|droneface",
-                       help="fill identity, yaw, pitch, height, distance (metres), height_id, distance_id from named "
-                            "groups of each file name; 'droneface' = subject_camera_heightID_imagetype_distanceID.jpg "
-                            "(default with -d droneface)")
-    group.add_argument("--height_from_id", action="store_true", default=False,
-                       help="pgaml: use the raw height ID (DroneFace 0/3/4/5) as the height, as the PGAML authors do, "
-                            "instead of metres (1.5/3/4/5)")
-    group.add_argument("--align", choices=ALIGN_MODES, default="resize",
-                       help="resize: the whole crop to 112x112 (the authors' way); detect: detect + 5-point alignment "
-                            "(whole crop where no face is found); none: files are aligned 112x112 already")
+    add_face_folder_arguments(group, "--data_path", " (default with -d droneface)")
     group.add_argument("--detector", choices=DETECTORS, default="mtcnn", help="--align detect: the face detector")
-    group.add_argument("--strict", action="store_true", default=False,
-                       help="stop at bad metadata instead of skipping the records (they are listed either way)")
     group.add_argument("--cv", choices=CV_PROTOCOLS, default="identities",
                        help="identities: hold out whole identities (open set); images: stratified image folds, class "
                             "means from training images (closed set); seed_protocol: the PGAML authors' folds and score")

@@ -35,8 +35,6 @@ KINDS = (("height", "capture height"), ("distance", "distance"), ("yaw", "|yaw|"
 
 
 def add_arguments(parser) -> None:
-    from data.face_folder import ALIGN_MODES
-
     group = parser.add_argument_group("gallery/probe identification on a face folder with metadata")
     group.add_argument("--gallery_probe", type=Path, default=None, metavar="FOLDER",
                        help="a face folder with metadata (DroneFace layout, identity/ sub-folders, or a CSV / the "
@@ -45,22 +43,33 @@ def add_arguments(parser) -> None:
     group.add_argument("--gallery_rule", choices=sorted(GALLERY_RULES), default="enrolment",
                        help="which image of each identity is its gallery entry: enrolment = lowest height, nearest "
                             "distance, smallest |yaw| (crossval.py's rule); frontal = smallest |yaw| first")
-    group.add_argument("--meta", default=None, help="--gallery_probe: metadata file, the PGAML authors' JSON list or a "
-                       "CSV path,identity,yaw[,pitch][,height][,distance] (default: the only *.json/*.csv in FOLDER, "
+    add_face_folder_arguments(group, "FOLDER")
+
+
+def add_face_folder_arguments(group, folder: str, droneface_note: str = "") -> None:
+    """The flags `load_face_folder` reads (all but --detector), in an argument group; `folder` names the
+    command's folder flag in the help."""
+    from data.face_folder import ALIGN_MODES
+
+    group.add_argument("--meta", default=None, help="metadata file: the PGAML authors' JSON list or a CSV "
+                       f"path,identity,yaw[,pitch][,height][,distance] (default: the only *.json/*.csv in {folder}, "
                        "else one sub-folder per identity)")
-    group.add_argument("--pose_file", default=None, help="--gallery_probe with one sub-folder per identity: the pose "
-                       "of each image (the authors' JSON or a CSV path,yaw[,pitch][,height])")
+    group.add_argument("--pose_file", default=None, help="with one sub-folder per identity: the pose of each image "
+                       "(the authors' JSON or a CSV path,yaw[,pitch][,height])")
     group.add_argument("--meta_from_filename", default=None, metavar="REGEX|droneface",
-                       help="--gallery_probe: fill identity, yaw, pitch, height, distance (metres), height_id, "
-                            "distance_id from named groups of each file name; 'droneface' = "
-                            "subject_camera_heightID_imagetype_distanceID.jpg")
+                       help="fill identity, yaw, pitch, height, distance (metres), height_id, distance_id from named "
+                            "groups of each file name; 'droneface' = subject_camera_heightID_imagetype_distanceID.jpg"
+                            + droneface_note)
     group.add_argument("--height_from_id", action="store_true", default=False,
-                       help="--gallery_probe: the raw height ID (DroneFace 0/3/4/5) as the height instead of metres")
+                       help="use the raw height ID (DroneFace 0/3/4/5) as the height, as the PGAML authors do, "
+                            "instead of metres (1.5/3/4/5)")
     group.add_argument("--align", choices=ALIGN_MODES, default="resize",
-                       help="--gallery_probe: resize = the whole crop to 112x112; detect = detect (--detector) + "
-                            "5-point alignment (whole crop where no face is found); none = files are aligned 112x112")
+                       help="resize: the whole crop to 112x112 (the authors' way); detect: detect (--detector) + "
+                            "5-point alignment (whole crop where no face is found); none: files are aligned 112x112 "
+                            "already")
     group.add_argument("--strict", action="store_true", default=False,
-                       help="--gallery_probe: stop at bad metadata or unreadable images instead of skipping them")
+                       help="stop at bad metadata or an unreadable image instead of skipping the records (they are "
+                            "listed either way)")
 
 
 def requested(args) -> bool:
