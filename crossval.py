@@ -23,7 +23,7 @@ import math
 from pathlib import Path
 
 import train
-from utils import UserError, atomic_write_text, default_output_dir, run_cli, setup_logging
+from utils import UserError, atomic_write_text, default_output_dir, path_under, run_cli, setup_logging
 
 log = logging.getLogger("crossval")
 CROSSVAL_FLAGS = ("meta", "pose_file", "meta_from_filename", "height_from_id", "align", "detector", "strict", "cv",
@@ -174,15 +174,9 @@ def fold_description(dataset, fold, cv: str, root: Path) -> dict:
     out = {"fold": fold.index + 1, "train_identities": train_ids, "test_identities": test_ids,
            "num_train_images": int(len(fold.train)), "num_test_images": int(len(fold.test))}
     if cv != "identities":
-        out["test_images"] = [_relative(dataset.records[i].path, root) for i in fold.test]
+        out["test_images"] = [path_under(dataset.records[i].path, root.resolve()) for i in fold.test]
     return out
 
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return str(path)
 
 
 def summarise(folds: list[dict], heads: list[str]) -> tuple[dict, dict]:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from evaluation.protocols.lfw_raw import NO_FACE_CROP, distinct_paths, load_pair_images, read_aligned_file, read_pairs
 from faces.pipeline import PhotoAligner
 from inference.loader import add_flip_argument, add_model_arguments, conventions_overrides, load_model
-from utils import CliParser, UserError, atomic_path, atomic_write_text, default_output_dir, run_cli
+from utils import CliParser, UserError, atomic_path, atomic_write_text, default_output_dir, path_under, run_cli
 from verification import save_roc_png, verify
 
 
@@ -80,18 +80,12 @@ def misclassified_text(errors, pairs, result, lfw_dir: Path) -> str:
              "# fold\tpair\tlabel\tdistance\tthreshold\timage1\timage2"]
     for i, dist, threshold in errors:
         pair = pairs[i]
-        names = [_relative(path, lfw_dir) for path in (pair.path1, pair.path2)]
+        names = [path_under(path, lfw_dir) for path in (pair.path1, pair.path2)]
         label = "same" if pair.issame else "different"
         lines.append(f"{result.fold_of_pair[i] + 1}\t{i + 1}\t{label}\t{dist:.4f}\t{threshold:.2f}\t"
                      f"{names[0]}\t{names[1]}")
     return "\n".join(lines) + "\n"
 
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
 
 
 def save_worst_pairs_png(errors, pairs, images: np.ndarray, path: Path) -> Path:
@@ -145,7 +139,7 @@ def main(argv=None) -> int:
     if not args.aligned:
         no_face = read_face.fallbacks
         print(f"no face found in {len(no_face)} of {num_files} photos (centred crop used)")
-        atomic_write_text(out / "no_face.txt", "".join(f"{_relative(path, args.lfw_dir)}\n" for path in no_face))
+        atomic_write_text(out / "no_face.txt", "".join(f"{path_under(path, args.lfw_dir)}\n" for path in no_face))
         written.append("no_face.txt")
     if args.worst:
         save_worst_pairs_png(errors[:args.worst], pairs, images, out / "worst_pairs.png")

@@ -88,6 +88,14 @@ def _umask() -> int:
     return mask
 
 
+def path_under(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """`path` relative to `root` for reports, or as it is where it lies elsewhere (a list may name files outside)."""
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
 def read_text_lines(path: str | os.PathLike, what: str) -> list[str]:
     """The lines of a UTF-8 text file a user names; a missing or unreadable one is a UserError naming `what`
     (e.g. '--pairs_file x.txt' or 'x.txt: noise list')."""

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluation import fold_scores
-from utils import UserError, atomic_write_text
+from utils import UserError, atomic_write_text, path_under
 
 GALLERY_RULES = {
     "enrolment": fold_scores.ENROLMENT_RULE,
@@ -245,12 +245,6 @@ def markdown_report(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(path.relative_to(root))
-    except ValueError:  # a --meta file elsewhere may name files beside it
-        return str(path)
-
 
 def run(args, labels: list[str], out: Path) -> dict:
     """Every --model on the folder's gallery and probes; the report written to `out`."""
@@ -266,8 +260,8 @@ def run(args, labels: list[str], out: Path) -> dict:
     report = {"data": {"source": folder.source, "num_images": len(records), "skipped": folder.problems,
                        "notes": folder.notes},
               "gallery_rule": args.gallery_rule, "num_gallery": int(len(gallery)), "num_probes": int(len(probes)),
-              "gallery_images": [_relative(records[i].path, folder.root) for i in gallery],
-              "probe_images": [_relative(records[i].path, folder.root) for i in probes],
+              "gallery_images": [path_under(records[i].path, folder.root) for i in gallery],
+              "probe_images": [path_under(records[i].path, folder.root) for i in probes],
               "flip": args.flip, "models": per_model, "paired": paired_tests(per_model, records, probes)}
     out.mkdir(parents=True, exist_ok=True)
     text = markdown_report(report)
