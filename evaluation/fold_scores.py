@@ -12,8 +12,9 @@ Scores (per fold, from L2-normalised embeddings of every image of the data set):
   * `seed_protocol`: the PGAML authors' score: each test identity's mean embedding over all its test images
     — the probe itself included, which is the leak — as the gallery of the test identities.
 Breakdowns: rank-1 of the probes per capture height, distance bin and |yaw| bin.
-Paired comparison: per-fold differences of two heads on identical folds, a paired t-test and a Wilcoxon
-signed-rank test (scipy), and a plain statement of whether the difference is significant.
+Paired comparison: per-fold (or per-seed) differences of two heads on identical folds, their mean with a 95%
+confidence interval, a paired t-test and a Wilcoxon signed-rank test (scipy), and a plain statement of whether
+the difference is significant.
 """
 from __future__ import annotations
 
@@ -158,22 +159,29 @@ def mean_std(values) -> dict:
             "folds": len(values)}
 
 
-def paired_comparison(first: list[float], second: list[float], names: tuple[str, str], metric: str) -> dict:
-    """`second - first` per fold, its mean +- std, a paired t-test and a Wilcoxon signed-rank test."""
+def paired_comparison(first: list[float], second: list[float], names: tuple[str, str], metric: str,
+                      unit: str = "folds") -> dict:
+    """`second - first` per fold (or per seed: `unit`), its mean +- std with a Student-t 95% confidence interval,
+    a paired t-test and a Wilcoxon signed-rank test."""
     a, b = np.asarray(first, dtype=np.float64), np.asarray(second, dtype=np.float64)
     if a.shape != b.shape or a.size < 2:
-        raise UserError("a paired comparison needs the same two or more folds for both heads")
+        raise UserError(f"a paired comparison needs the same two or more {unit} for both heads")
     difference = b - a
     out = {"metric": metric, "difference": f"{names[1]} - {names[0]}", "per_fold": difference.tolist(),
-           "mean": float(difference.mean()), "std": float(difference.std(ddof=1)), "t_test_p": None,
+           "mean": float(difference.mean()), "std": float(difference.std(ddof=1)), "ci95": None, "t_test_p": None,
            "wilcoxon_p": None}
     try:
         from scipy import stats
     except ImportError:  # scipy is optional: the differences are still reported
         out["statement"] = "scipy is not installed: no p-values"
         return out
+    half_width = stats.t.ppf(0.975, a.size - 1) * out["std"] / math.sqrt(a.size)
+    out["ci95"] = [out["mean"] - half_width, out["mean"] + half_width]
     if np.allclose(difference, 0):
         out["t_test_p"] = out["wilcoxon_p"] = 1.0
+    elif out["std"] == 0:  # the same non-zero difference every time: t is infinite, Wilcoxon still defined
+        out["t_test_p"] = 0.0
+        out["wilcoxon_p"] = float(stats.wilcoxon(b, a).pvalue)
     else:
         out["t_test_p"] = float(stats.ttest_rel(b, a).pvalue)
         out["wilcoxon_p"] = float(stats.wilcoxon(b, a).pvalue)
@@ -181,11 +189,18 @@ def paired_comparison(first: list[float], second: list[float], names: tuple[str,
     verdict = "significant" if p is not None and p < SIGNIFICANCE else "NOT significant"
     out["significant"] = bool(p is not None and p < SIGNIFICANCE)
     out["statement"] = (f"{metric}: {names[1]} - {names[0]} = {out['mean']:+.4f} +- {out['std']:.4f} over {a.size} "
-                        f"folds; paired t-test p = {out['t_test_p']:.3g}, Wilcoxon p = {out['wilcoxon_p']:.3g}: "
-                        f"{verdict} at {SIGNIFICANCE}")
-    if a.size < 6:
-        out["statement"] += f" (with {a.size} folds the Wilcoxon test cannot reach p < 0.05)"
+                        f"{unit}; paired t-test p = {out['t_test_p']:.3g}, Wilcoxon p = {out['wilcoxon_p']:.3g}: {verdict} at "
+                        f"{SIGNIFICANCE}; 95% CI of the mean difference {out['ci95'][0]:+.4f} to {out['ci95'][1]:+.4f}")
+    if wilcoxon_floor(a.size) >= SIGNIFICANCE:
+        out["statement"] += (f" (with {a.size} {unit} the Wilcoxon test cannot reach p < 0.05: its smallest "
+                             f"two-sided p is {wilcoxon_floor(a.size):.3g})")
     return out
+
+
+def wilcoxon_floor(num_pairs: int) -> float:
+    """The smallest two-sided p-value the exact Wilcoxon signed-rank test can give with `num_pairs` pairs
+    (every difference of one sign): 2 / 2**n, e.g. 0.25 for 3 pairs; it falls below 0.05 from 6 pairs on."""
+    return min(1.0, 2.0 / 2 ** num_pairs)
 
 
 # ----------------------------------------------------------------------------- plots

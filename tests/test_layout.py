@@ -33,7 +33,7 @@ LIBRARY_PACKAGES = ("data", "faces", "inference", "evaluation", "training")
 
 def project_modules() -> dict[str, Path]:
     modules = {p.stem: p for p in ROOT.glob("*.py")}
-    for package in LIBRARY_PACKAGES + ("perf",):
+    for package in LIBRARY_PACKAGES + ("perf", "experiments"):  # perf/, experiments/: commands, above every layer
         for path in (ROOT / package).rglob("*.py"):
             parts = path.relative_to(ROOT).with_suffix("").parts
             modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
@@ -96,7 +96,7 @@ def test_no_import_cycles():
 def test_no_library_imports_a_command():
     commands = COMMANDS | PACKAGE_COMMANDS
     for module, targets in GRAPH.items():
-        if layer_of(module) is not None:  # commands and perf/ may drive other commands
+        if layer_of(module) is not None:  # commands, perf/ and experiments/ may drive other commands
             assert not (targets & commands), f"{module} imports the command(s) {targets & commands}"
 
 
@@ -116,3 +116,10 @@ def test_nothing_in_the_repository_points_outside_it():
         text = path.read_text(errors="replace")
         for needle in outside:
             assert needle not in text, f"{name} refers to {needle}, which a clone of the repository does not have"
+
+
+def test_experiments_sit_above_every_layer():
+    """experiments/ drives the Learner and the evaluation like a command; no library imports it."""
+    assert "experiments.pgaml_vs_arcface" in GRAPH and layer_of("experiments.pgaml_vs_arcface") is None
+    assert not any(t.startswith("experiments") for m, targets in GRAPH.items() if layer_of(m) is not None
+                   for t in targets)
