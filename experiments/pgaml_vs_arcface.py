@@ -75,7 +75,7 @@ def describe_plan(plan, runs, finished: set[str], num_images: int) -> str:
     images = last * plan.batch_size
     evaluations = last // plan.eval_every + (last % plan.eval_every != 0)  # every eval_every steps, and the last
     todo = [r for r in runs if r.label not in finished]
-    lr_end = _lr_at_end(plan, num_images)
+    lr_end = _lr_at_end(plan, num_images, plan.last_step)
     lines = [f"plan: {plan.source}, profile {plan.profile} -> {plan.out}",
              f"data: {plan.data_path} ({num_images} training images"
              + ("" if (plan.data_path / "meta.json").is_file() else ", generated from data.generate first") + ")",

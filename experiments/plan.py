@@ -128,7 +128,8 @@ def _mapping(value, where: str, allowed) -> dict:
         raise UserError(f"{where}: expected a mapping")
     unknown = sorted(set(value) - set(allowed))
     if unknown:
-        raise UserError(f"{where}.{unknown[0]}: unknown key (expected {', '.join(allowed)})")
+        expected = "a train.py setting (a Config field)" if len(allowed) > 12 else ", ".join(allowed)
+        raise UserError(f"{where}.{unknown[0]}: unknown key (expected {expected})")
     return value
 
 

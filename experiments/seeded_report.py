@@ -248,12 +248,13 @@ def _sets_text(outcomes: Outcomes) -> str:
     return ", ".join(f"{name} ({_level_pairs(outcomes, name).get(OVERALL, '?')} pairs)" for name in set_names(outcomes))
 
 
-def _lr_at_end(plan: Plan, num_images: int) -> float:
-    """The LR of the last step: the schedule spans whole epochs, the run stops at `steps`."""
+def _lr_at_end(plan: Plan, num_images: int, step: int | None = None) -> float:
+    """The LR of the run's last step (default the experiment's `steps`): the schedule spans whole epochs, the run
+    stops at that step."""
     from training.schedule import lr_at
 
     config = plan.runs(num_images)[0].config
-    return lr_at(config, (plan.last_step - 1) / plan.steps_per_epoch(num_images))
+    return lr_at(config, ((step or plan.steps) - 1) / plan.steps_per_epoch(num_images))
 
 
 # ------------------------------------------------------------------------------------------ figures
