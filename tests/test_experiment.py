@@ -72,6 +72,8 @@ def test_a_tiny_experiment_writes_its_report_and_reruns_skip_finished_runs(tmp_p
     monkeypatch.setattr(runs, "train_and_evaluate", lambda run, spec: trained.append(run.label) or real(run, spec))
     assert pgaml_vs_arcface.main(argv) == 0
     assert trained == []
+    reread = json.loads((out / "results.json").read_text())  # the same report from the runs' files alone
+    assert reread["comparisons"] == results["comparisons"] and reread["summary"] == results["summary"]
     (out / "runs" / "pgaml" / "seed1" / "results.json").unlink()
     assert pgaml_vs_arcface.main(argv) == 0
     assert trained == ["pgaml/seed1"]
@@ -177,3 +179,25 @@ def test_the_command_exits_2_with_one_line_on_a_bad_key(tmp_path, train_data):
     result = run_command("experiments/pgaml_vs_arcface.py", "--config", path, "--profile", "tiny", "--dry-run")
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "profiles.tiny.stepz: unknown key" in result.stderr
+
+
+def test_the_shipped_yaml_plans_both_profiles():
+    cpu = load_plan("experiments/pgaml_vs_arcface.yaml", "cpu")
+    gpu = load_plan("experiments/pgaml_vs_arcface.yaml", "gpu")
+    assert [a.name for a in cpu.arms] == ["arcface", "pgaml_m2_0.2", "pgaml_m2_0.4"] and cpu.seeds == [0, 1, 2]
+    assert cpu.steps == 300 and cpu.recipe["net_mode"] == "mobilefacenet" and cpu.batch_size == 32
+    assert len(gpu.arms) == 9 and len(gpu.seeds) >= 3 and gpu.batch_size == 256
+    kinds = [c.kind for c in comparisons(gpu.arms)]
+    assert (kinds.count("pgaml vs arcface"), kinds.count("height term"), kinds.count("pose schedule")) == (8, 4, 4)
+    assert {a.head_options["m2"] for a in gpu.arms if a.head == "pgaml"} == {0.2, 0.4}
+    assert all(len(r.config.to_dict()) for r in gpu.runs(100000))  # every run's Config is valid
+
+
+def test_data_generated_with_other_parameters_is_refused(tmp_path, train_data):
+    from experiments.plan import ensure_data
+    generate = {"classes": 12, "per_class": 8, "val_classes": 8, "val_pairs": 40, "seed": 3}
+    plan = load_plan(tiny_config(tmp_path, {"path": str(train_data), "generate": generate}), "tiny")
+    with pytest.raises(UserError, match="data.generate.classes is 12 but .* was generated with 10"):
+        ensure_data(plan)
+    plan.generate["classes"] = 10
+    assert ensure_data(plan)["num_images"] == 80  # the same parameters: the folder is used as it is
