@@ -129,7 +129,8 @@ def _mapping(value, where: str, allowed) -> dict:
     unknown = sorted(set(value) - set(allowed))
     if unknown:
         expected = "a train.py setting (a Config field)" if len(allowed) > 12 else ", ".join(allowed)
-        raise UserError(f"{where}.{unknown[0]}: unknown key (expected {expected})")
+        name = f"{where} {unknown[0]}" if where.endswith(":") else f"{where}.{unknown[0]}"
+        raise UserError(f"{name}: unknown key (expected {expected})")
     return value
 
 
@@ -222,7 +223,7 @@ def load_plan(path: str | Path, profile: str, out: str | Path | None = None, onl
     """The plan of `profile` in the YAML at `path`, with the command line's overrides."""
     source = str(path)
     settings = read_settings(path)
-    _mapping(settings, source, TOP_KEYS)
+    _mapping(settings, f"{source}:", TOP_KEYS)
     profiles = _mapping(settings.get("profiles"), f"{source}: profiles", settings.get("profiles") or {})
     if profile not in profiles:
         raise UserError(f"{source}: profiles.{profile}: no such profile (have: {', '.join(profiles) or 'none'})")

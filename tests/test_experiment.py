@@ -163,6 +163,7 @@ def test_the_dry_run_prints_the_plan_and_trains_nothing(tmp_path, train_data, ca
     (lambda s: s["profiles"]["tiny"].update(steps=0), "profiles.tiny.steps: expected a whole number >= 1"),
     (lambda s: s["evaluation"].update(resolutions=[112, 0]), "evaluation.resolutions"),
     (lambda s: s["profiles"]["tiny"].update(arms=["arcface", "cosface"]), "cosface is not an arm"),
+    (lambda s: s.update(armz={}), "experiment.yaml: armz: unknown key"),
 ])
 def test_a_bad_config_key_is_one_error_naming_it(tmp_path, train_data, change, message):
     path = tiny_config(tmp_path, {"path": str(train_data)})
