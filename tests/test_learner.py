@@ -214,7 +214,8 @@ def _train_rank(rank: int, world_size: int, port: int, config: Config, out_dir: 
         learner = Learner(config)
         learner.train()
         torch.save({"model": _parameters(learner), "kernel": learner.head.kernel.detach().clone(),
-                    "step": learner.progress.step}, os.path.join(out_dir, f"rank{rank}.pt"))
+                    "step": learner.progress.step, "statistics": learner.step_statistics},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         torch.distributed.destroy_process_group()
 
@@ -241,6 +242,8 @@ def test_two_processes_stay_equal_and_resume_at_other_world_sizes(train_data, tm
     for key, value in ranks[0]["model"].items():  # DDP all-reduced real gradients: identical replicas
         torch.testing.assert_close(value, ranks[1]["model"][key], rtol=0, atol=0)
     assert ranks[0]["kernel"].shape == (64, 5) == ranks[1]["kernel"].shape  # 10 classes sharded in two
+    # the last (log) step's collapse diagnostics cover the global batch: the same figures on both ranks
+    assert len(ranks[0]["statistics"]) == 8 and ranks[0]["statistics"] == ranks[1]["statistics"]
     initial = _parameters(Learner(small_config(train_data, tmp_path / "fresh", batch_size=4)))
     assert any(not torch.equal(initial[k], v) for k, v in ranks[0]["model"].items())
 
