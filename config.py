@@ -80,6 +80,10 @@ class Config:
     lr_gamma: float = 0.1                 # LR factor at each milestone
     warmup_epochs: float = 0.0            # linear warm-up from 0 (any schedule)
     poly_power: float = 2.0               # 'poly': lr * (1 - progress) ** power (arcface_torch uses 2)
+    # training stability (0 = off)
+    margin_warmup_steps: int = 0          # the margin ramps linearly from 0 to its value over these first steps
+    clip_grad_norm: float = 0.0           # clip the backbone's gradient norm to this (the class centres left out)
+    lr_reference_batch: int = 0           # linear scaling rule: peak LR = lr * global batch / this
     amp: str = "off"
     channels_last: bool = False
     compile: bool = False
@@ -136,6 +140,16 @@ class Config:
             raise UserError("--freeze_backbone_epochs and --backbone_lr_mult must not be negative")
         if self.drop_ratio is not None and not 0.0 <= self.drop_ratio < 1.0:
             raise UserError(f"--drop_ratio must be in [0, 1), not {self.drop_ratio}")
+        self._validate_stability()
+
+    def _validate_stability(self) -> None:
+        for name in ("margin_warmup_steps", "lr_reference_batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise UserError(f"--{name} must be a whole number >= 0 (0: off), not {value!r}")
+        if isinstance(self.clip_grad_norm, bool) or not isinstance(self.clip_grad_norm, (int, float)) \
+                or not 0.0 <= self.clip_grad_norm < float("inf"):
+            raise UserError(f"--clip_grad_norm must be a finite number >= 0 (0: off), not {self.clip_grad_norm!r}")
 
     @property
     def backbone_name(self) -> str:

@@ -17,6 +17,12 @@ autocast. Side information comes by keyword: `norms` (B,) embedding norms before
 calls `set_epoch(epoch_float)` and `set_step(global_step)` on every margin (no-ops for most) and adds
 `regularizer(norms)` to the loss. State (AdaFace's norm statistics, CurricularFace's t) changes only
 in training mode; under a sharded classifier it is per rank, from the targets that rank holds.
+
+Margin warm-up (`set_margin_warmup(N)`, train.py's --margin_warmup_steps): every margin but SphereFace's
+(whose lambda schedule already eases it in) is multiplied by `margin_factor = min(1, step / N)`, set by
+`set_step`, so at step 0 the logits are the plain scaled cosines and from step N on the full margin
+applies; the factor is a function of the step alone, so a resumed run recomputes it. The scale `s` may be
+given as "auto" to `build_margin(..., num_classes=C)`: fixed AdaCos, `s = sqrt(2) * ln(C - 1)`.
 """
 from __future__ import annotations
 
@@ -106,8 +112,11 @@ class Margin(nn.Module):
     def __init__(self, s: float):
         super().__init__()
         if not (isinstance(s, (int, float)) and s > 0):
-            raise UserError(f"head '{self.name}': the scale s (--scale) must be a positive number, not {s!r}")
+            raise UserError(f"head '{self.name}': the scale s (--scale) must be a positive number, not {s!r} "
+                            "(or auto: fixed AdaCos)")
         self.s = float(s)
+        self.margin_warmup_steps = 0
+        self.margin_factor = 1.0   # the share of the margin that applies now, in [0, 1] (set_step)
 
     def forward(self, cosine: torch.Tensor, labels: torch.Tensor, **side) -> torch.Tensor:
         self._check_side(side)
@@ -137,7 +146,16 @@ class Margin(nn.Module):
         """Called by the trainer with the fractional epoch; schedules override it."""
 
     def set_step(self, step: int) -> None:
-        """Called by the trainer with the global step; schedules override it."""
+        """Called by the trainer with the global step (steps taken so far); schedules extend it."""
+        if self.margin_warmup_steps:
+            self.margin_factor = min(1.0, max(0, int(step)) / self.margin_warmup_steps)
+
+    def set_margin_warmup(self, steps: int) -> None:
+        """Ramp the margin linearly from 0 (step 0) to its full value (step `steps` on); 0 turns it off."""
+        if int(steps) != steps or steps < 0:
+            raise UserError(f"--margin_warmup_steps must be a whole number of steps >= 0, not {steps!r}")
+        self.margin_warmup_steps = int(steps)
+        self.margin_factor = 0.0 if self.margin_warmup_steps else 1.0
 
     def _check_side(self, side: dict) -> None:
         for key in self.needs:
@@ -171,7 +189,7 @@ class ArcFace(Margin):
         self.m = m
 
     def target_logit(self, target_cos, side):
-        return _additive_angular(target_cos, self.m)
+        return _additive_angular(target_cos, self.m * self.margin_factor)
 
 
 def pose_ratio(yaw_deg: torch.Tensor, height_m: torch.Tensor | None = None) -> torch.Tensor:
@@ -206,7 +224,8 @@ class PGAML(Margin):
 
     @torch.no_grad()   # side information carries no gradient
     def sample_margins(self, yaw_deg: torch.Tensor, height_m: torch.Tensor | None = None) -> torch.Tensor:
-        return pose_ratio(yaw_deg, height_m).mul_(self.m2 * self.pose_weight).add_(self.m1)
+        margins = pose_ratio(yaw_deg, height_m).mul_(self.m2 * self.pose_weight).add_(self.m1)
+        return margins.mul_(self.margin_factor) if self.margin_factor != 1.0 else margins
 
     def target_logit(self, target_cos, side):
         return _additive_angular(target_cos, self.sample_margins(side["yaw"], side.get("height")))
@@ -222,7 +241,7 @@ class CosFace(Margin):
         self.m = m
 
     def target_logit(self, target_cos, side):
-        return target_cos - self.m
+        return target_cos - self.m * self.margin_factor
 
 
 def _chebyshev_cos(cos: torch.Tensor, m: int) -> torch.Tensor:
@@ -258,6 +277,11 @@ class SphereFace(Margin):
 
     def set_step(self, step: int) -> None:
         self.step = int(step)
+
+    def set_margin_warmup(self, steps: int) -> None:
+        if steps:
+            raise UserError("--margin_warmup_steps does not apply to --head sphereface: its lambda schedule "
+                            "(head options base, gamma, power, lambda_min) already eases its margin in")
 
     @property
     def lambda_(self) -> float:
@@ -295,19 +319,27 @@ class Combined(Margin):
         if m1 <= 0:
             raise UserError(f"head 'combined' needs m1 > 0, got {m1}")
         self.m1, self.m2, self.m3, self.easy_margin = m1, m2, m3, easy_margin
-        largest_angle = (math.pi - m2) / m1
-        self.threshold = math.cos(largest_angle) if largest_angle < math.pi else -math.inf
-        self.drop = m3 + math.sin(math.pi - m2) * m2
+
+    def margins(self) -> tuple[float, float, float]:
+        """(m1, m2, m3) as they apply now: during the margin warm-up m1 -> 1 + (m1 - 1) f, m2 f, m3 f."""
+        f = self.margin_factor
+        if f == 1.0:
+            return self.m1, self.m2, self.m3
+        return 1.0 + (self.m1 - 1.0) * f, self.m2 * f, self.m3 * f
 
     def target_logit(self, target_cos, side):
-        if self.m1 == 1.0:
-            shifted = target_cos * math.cos(self.m2) - _sin_of(target_cos) * math.sin(self.m2)
+        m1, m2, m3 = self.margins()
+        if m1 == 1.0:
+            shifted = target_cos * math.cos(m2) - _sin_of(target_cos) * math.sin(m2)
         else:
-            shifted = torch.cos(self.m1 * _angle_of(target_cos) + self.m2)
-        shifted = shifted - self.m3
+            shifted = torch.cos(m1 * _angle_of(target_cos) + m2)
+        shifted = shifted - m3
         if self.easy_margin:
             return torch.where(target_cos > 0, shifted, target_cos)
-        return torch.where(target_cos > self.threshold, shifted, target_cos - self.drop)
+        largest_angle = (math.pi - m2) / m1
+        threshold = math.cos(largest_angle) if largest_angle < math.pi else -math.inf
+        drop = m3 + math.sin(math.pi - m2) * m2
+        return torch.where(target_cos > threshold, shifted, target_cos - drop)
 
 
 class AdaFace(Margin):
@@ -338,8 +370,9 @@ class AdaFace(Margin):
         mean, std = self.batch_mean.to(norms.dtype), self.batch_std.to(norms.dtype)
         scaler = (norms - mean) / (std + self.eps)
         scaler = (scaler * self.h).clamp(-1.0, 1.0)
-        angle = (torch.acos(target_cos) - self.m * scaler).clamp(self.eps, math.pi - self.eps)
-        return torch.cos(angle) - (self.m + self.m * scaler)
+        m = self.m * self.margin_factor
+        angle = (torch.acos(target_cos) - m * scaler).clamp(self.eps, math.pi - self.eps)
+        return torch.cos(angle) - (m + m * scaler)
 
 
 class MagFace(Margin):
@@ -357,7 +390,8 @@ class MagFace(Margin):
 
     def sample_margins(self, norms: torch.Tensor) -> torch.Tensor:
         a = norms.clamp(self.l_a, self.u_a)
-        return (self.u_m - self.l_m) / (self.u_a - self.l_a) * (a - self.l_a) + self.l_m
+        margins = (self.u_m - self.l_m) / (self.u_a - self.l_a) * (a - self.l_a) + self.l_m
+        return margins * self.margin_factor if self.margin_factor != 1.0 else margins   # l_m, u_m ramp in
 
     def target_logit(self, target_cos, side):
         # the norms keep their gradient: the margin itself pulls on the feature norm (as upstream)
@@ -389,8 +423,9 @@ class CurricularFace(Margin):
         self.t.copy_(torch.where(count > 0, updated, self.t))
 
     def logits(self, cosine, target_cos, has_target, columns, side):
-        shifted = target_cos * math.cos(self.m) - _sin_of(target_cos) * math.sin(self.m)
-        target = torch.where(has_target, _additive_angular(target_cos, self.m), target_cos)
+        m = self.m * self.margin_factor   # the margin warm-up eases m in; the hard negatives' weighting stays
+        shifted = target_cos * math.cos(m) - _sin_of(target_cos) * math.sin(m)
+        target = torch.where(has_target, _additive_angular(target_cos, m), target_cos)
         if self.training:   # upstream updates t before re-weighting with it
             self._update_t(target_cos.detach(), has_target)
         cosine = cosine.to(target.dtype).clamp(-1.0, 1.0)
@@ -408,7 +443,9 @@ def list_heads() -> list[str]:
     return list(MARGINS)
 
 
-def build_margin(name: str, **kw) -> Margin:
+def build_margin(name: str, num_classes: int | None = None, margin_warmup_steps: int = 0, **kw) -> Margin:
+    """The margin `name` with its options `kw`; `s="auto"` is fixed AdaCos' scale for `num_classes`
+    (`adacos_scale`); `margin_warmup_steps` > 0 ramps the margin in (`Margin.set_margin_warmup`)."""
     cls = MARGINS.get(str(name).lower())
     if cls is None:
         raise UserError(f"unknown head '{name}'; choose one of: {', '.join(MARGINS)}")
@@ -417,7 +454,22 @@ def build_margin(name: str, **kw) -> Margin:
     if unknown:
         raise UserError(f"head '{cls.name}' has no option(s) {', '.join(unknown)}; "
                         f"its options: {', '.join(options)}")
-    return cls(**kw)
+    if isinstance(kw.get("s"), str) and kw["s"].strip().lower() == "auto":
+        if num_classes is None:
+            raise UserError(f"head '{cls.name}': the scale s=auto needs the number of classes")
+        kw["s"] = adacos_scale(num_classes)
+    margin = cls(**kw)
+    margin.set_margin_warmup(margin_warmup_steps)
+    return margin
+
+
+def adacos_scale(num_classes: int) -> float:
+    """The fixed AdaCos scale (Zhang et al., CVPR 2019, arXiv:1905.00292): s = sqrt(2) * ln(C - 1), the scale
+    at which a sample 45 degrees from its centre and 90 degrees from the C - 1 others has probability 1/2 of
+    its class (e^(s cos 45) = C - 1): where the softmax's gradient on the target angle is strongest."""
+    if num_classes < 3:
+        raise UserError(f"--scale auto (sqrt(2) * ln(C - 1)) needs at least 3 classes, not {num_classes}")
+    return math.sqrt(2.0) * math.log(num_classes - 1)
 
 
 class MarginHead(nn.Module):
@@ -447,4 +499,4 @@ class MarginHead(nn.Module):
 
 
 def build_head(name: str, embedding_size: int, num_classes: int, **kw) -> MarginHead:
-    return MarginHead(embedding_size, num_classes, build_margin(name, **kw))
+    return MarginHead(embedding_size, num_classes, build_margin(name, num_classes=num_classes, **kw))

@@ -30,11 +30,11 @@ from heads import Margin
 from inference.conventions import to_model_input
 from inference.runtime import AMP_DTYPES, autocast, resolve_device
 from partial_fc import SGD, PartialFC
-from training import build, distributed
+from training import build, distributed, stability
 from training.hooks import Evaluation, Hook, LRFinder, StepRecord, default_hooks
 from training.run_log import RunLog
 from training.run_state import check_work_path, restore_run, resume, save_run
-from training.schedule import lr_at, set_lr
+from training.schedule import lr_at, peak_lr, set_lr
 from utils import UserError, seed_everything
 
 log = logging.getLogger(__name__)
@@ -78,9 +78,11 @@ class Learner:
         self._check_side_information()
         self.side_names = ("yaw", "height") if config.use_height else ("yaw",)
         self.backbone, self.conventions = build.backbone_for(config, self.device)
-        self.head = PartialFC(config.embedding_size, self.num_classes, build.margin_for(config), config.sample_rate)
+        self.head = PartialFC(config.embedding_size, self.num_classes, build.margin_for(config, self.num_classes),
+                              config.sample_rate)
         self.head.to(self.device)
         self.model = build.wrap_for_training(self.backbone, self.device, self.dist.distributed, config.compile)
+        self._backbone_params = [p for p in self.backbone.parameters() if p.requires_grad]  # clipped, measured
         self._batch_norms = [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self._buffers = list(self.backbone.buffers())
         self._buffer_backup = [b.clone() for b in self._buffers]
@@ -93,8 +95,12 @@ class Learner:
                                    sampler=self.sampler, pin_memory=self.device.type == "cuda")
         self.progress = Progress()
         self.lr = config.lr
-        self.last_batch: tuple[torch.Tensor, torch.Tensor] | None = None  # (embeddings, labels) of the last step
+        # (embeddings, labels) of the last step, for hooks that inspect it (TrainLog uses step_statistics)
+        self.last_batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self.last_step = 0               # the step the current run of the loop ends at
+        # set by the log hook before a log step: that step records its figures (collective) in step_statistics
+        self.record_statistics = False
+        self.step_statistics: dict[str, float] = {}
         self.stop_reason: str | None = None
         main_val_sets = build.val_sets_for(config, val_sets) if self.dist.is_main else []
         self.hooks = default_hooks(self, main_val_sets) + list(hooks)
@@ -190,7 +196,7 @@ class Learner:
 
     def _follow_schedule(self) -> None:
         progress = self.epoch_progress()
-        self.set_lr(lr_at(self.config, progress))
+        self.set_lr(lr_at(self.config, progress, self.global_batch))
         self._set_backbone_mode()
         self.head.margin.set_epoch(progress)
         self.head.margin.set_step(self.progress.step)
@@ -213,10 +219,16 @@ class Learner:
         set_lr(self.optimizer, lr)
 
     def _train_step(self, images, labels, side) -> float:
-        """One optimiser step; returns the loss (non-finite: the update is skipped and counted)."""
+        """One optimiser step; returns the loss (non-finite: the update is skipped and counted). With
+        `record_statistics`, the step's figures before its update go to `step_statistics`."""
+        record, self.record_statistics = self.record_statistics, False
+        self.head.record_statistics, self.step_statistics = record, {}
         self.optimizer.zero_grad(set_to_none=True)
         torch._foreach_copy_(self._buffer_backup, self._buffers)
-        loss, self.last_batch = self._forward(images, labels, side)
+        try:
+            loss, self.last_batch = self._forward(images, labels, side, record)
+        finally:
+            self.head.record_statistics = False
         value = float(loss.detach())
         if not math.isfinite(value):
             # the forward pass already moved BatchNorm's running statistics: take them back too
@@ -225,11 +237,15 @@ class Learner:
             return value
         self.progress.nonfinite_streak = 0
         self.scaler.scale(loss).backward()
+        grad_norm = stability.backbone_grad_norm(self.scaler, self.optimizer, self._backbone_params,
+                                                 self.config.clip_grad_norm, measure=record)
+        if record:
+            self.step_statistics["grad_norm"] = grad_norm
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return value
 
-    def _forward(self, images, labels, side):
+    def _forward(self, images, labels, side, record: bool = False):
         x = to_model_input(images, self.device, self.config.channels_last, self.conventions)
         labels = labels.to(self.device, non_blocking=True)
         if self.backbone_frozen():  # no graph through the backbone: only the centres learn (and it is cheaper)
@@ -242,6 +258,8 @@ class Learner:
         if _uses_norms(self.head.margin):
             extra["norms"] = norms.float()
         loss = self.head(embeddings.float(), labels, **extra)
+        if record:  # the head's figures of this forward pass, and the features' norm before L2 normalisation
+            self.step_statistics = {**self.head.statistics, "embedding_norm": stability.global_mean(norms)}
         return loss, (embeddings.detach(), labels)
 
     def _count_nonfinite(self) -> None:
@@ -261,6 +279,15 @@ class Learner:
                  "%s on %s; outputs in %s", c.backbone_name, c.head, len(self.dataset), self.num_classes, c.data_path,
                  self.dist.world_size, c.batch_size, self.steps_per_epoch, planned, self.cpu.describe(),
                  self.device, self.work_path)
+        if c.lr_reference_batch:
+            log.info("peak LR %.4g = --lr %g x global batch %d / --lr_reference_batch %d (linear scaling rule)",
+                     peak_lr(c, self.global_batch), c.lr, self.global_batch, c.lr_reference_batch)
+        if c.margin_warmup_steps:
+            log.info("the margin ramps in linearly over the first %d steps (--margin_warmup_steps)",
+                     c.margin_warmup_steps)
+        if c.clip_grad_norm:
+            log.info("the backbone's gradient norm is clipped to %g (--clip_grad_norm; the class centres are not)",
+                     c.clip_grad_norm)
 
     # ------------------------------------------------------------------------------- state and stopping
 

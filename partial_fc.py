@@ -46,6 +46,11 @@ as `(embedding_size, num_local)` either way; checkpoints use `full_state_dict()`
 (with either layout). `optimizer_state_key()` names the kernel's (sharded) entry in the optimiser's state
 dict, which the checkpoint leaves out.
 
+Diagnostics. With `record_statistics = True` (the trainer sets it on its log steps only, so ordinary steps pay
+nothing) `forward` also leaves detached figures of that very forward pass, before the margin and before any
+update, in `statistics` (`forward_statistics` says which); they cover the global batch and every class, so
+they are the same on every rank.
+
 DDP. Keep `PartialFC` out of `DistributedDataParallel` (its parameters differ per rank by design). DDP
 averages the backbone's gradients over ranks; with `backbone_grads_averaged=True` (default) the
 embedding gradient is multiplied by the world size so that this average is the gradient of the global
@@ -280,6 +285,8 @@ class PartialFC(nn.Module):
             self.register_state_dict_post_hook(_kernel_to_state_dict)
             self.register_load_state_dict_pre_hook(_kernel_from_state_dict)
         self.sampled_index: torch.Tensor | None = None  # local columns used by the last step (None = all)
+        self.record_statistics = False                   # forward fills `statistics` (collective when set)
+        self.statistics: dict[str, float] = {}
 
     def extra_repr(self) -> str:
         return (f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, "
@@ -306,7 +313,10 @@ class PartialFC(nn.Module):
         local = labels - self.class_start
         local = torch.where((local >= 0) & (local < self.num_local), local, -1)
         index, columns = self.sample(local)
-        cosine = _SampledCosine.apply(F.normalize(embeddings, dim=1), self.kernel, index, self.sparse_grad)
+        x_hat = F.normalize(embeddings, dim=1)
+        cosine = _SampledCosine.apply(x_hat, self.kernel, index, self.sparse_grad)
+        if self.record_statistics:
+            self.statistics = self.forward_statistics(x_hat, cosine, columns)
         logits = self.margin(cosine, columns, **side)
         loss = _DistributedCrossEntropy.apply(logits, columns, self.group, self.world_size)
         regularizer = getattr(self.margin, "regularizer", None)
@@ -315,6 +325,55 @@ class PartialFC(nn.Module):
             # ranks' gradients, so each rank passes back 1/W of it
             loss = loss + _ScaleGrad.apply(regularizer(side["norms"]), 1.0 / self.world_size)
         return loss
+
+    @torch.no_grad()
+    def forward_statistics(self, x_hat: torch.Tensor, cosine: torch.Tensor, columns: torch.Tensor) -> dict[str, float]:
+        """What exposes a collapse, from one forward pass (collective: every rank calls it, with its own columns):
+
+        accuracy: top-1 over the columns this step used: the target's cosine above every other used centre's
+            (with sample_rate 1 all classes; with sampling the positives and the sampled negatives);
+        target_cos, target_angle_deg: mean cosine of each sample to its own centre, and the mean angle in degrees
+            (before the margin);
+        max_other_cos: mean over samples of the highest cosine to another used centre;
+        batch_pair_cos: mean cosine between distinct samples of the global batch (unit embeddings);
+        centre_pair_cos: mean cosine between distinct class centres over all classes (`centre_pair_cosine`).
+        """
+        cosine = cosine.detach().double()
+        owned = columns >= 0
+        at_target = columns.clamp_min(0).unsqueeze(1)
+        target_here = cosine.gather(1, at_target).squeeze(1)
+        target = torch.where(owned, target_here, 0.0)
+        # the target's own column out of the max; rows whose target lives elsewhere keep every column
+        others = cosine.scatter(1, at_target, torch.where(owned, -torch.inf, target_here).unsqueeze(1))
+        max_other = others.amax(dim=1)
+        if self.world_size > 1:
+            dist.all_reduce(target, group=self.group)   # one owner per sample, zeros elsewhere
+            dist.all_reduce(max_other, op=dist.ReduceOp.MAX, group=self.group)
+        rows = x_hat.shape[0]
+        pair_sum = x_hat.detach().double().sum(dim=0)
+        pair_cos = (pair_sum.square().sum() - x_hat.detach().double().square().sum()) / max(rows * (rows - 1), 1)
+        mean = lambda t: float(t.mean()) if rows else float("nan")
+        return {"accuracy": mean((target > max_other).double()), "target_cos": mean(target),
+                "target_angle_deg": mean(torch.rad2deg(torch.acos(target.clamp(-1.0, 1.0)))),
+                "max_other_cos": mean(max_other) if torch.isfinite(max_other).all() else float("nan"),
+                "batch_pair_cos": float(pair_cos) if rows > 1 else float("nan"),
+                "centre_pair_cos": self.centre_pair_cosine()}
+
+    @torch.no_grad()
+    def centre_pair_cosine(self, chunk: int = 65536) -> float:
+        """Mean cosine between distinct class centres, over all classes and ranks: with the unit centres w_c,
+        (|sum_c w_c|^2 - sum_c |w_c|^2) / (C (C - 1)). Exact, O(C E), in float64, read in chunks of rows (no
+        copy of the centres); collective (one all-reduce of E + 1 numbers)."""
+        rows = self._class_major(self.kernel.detach())
+        total = torch.zeros(rows.shape[1] + 1, dtype=torch.float64, device=rows.device)
+        for start in range(0, rows.shape[0], chunk):
+            unit = F.normalize(rows[start:start + chunk].double(), dim=1)
+            total[:-1] += unit.sum(dim=0)
+            total[-1] += unit.square().sum()
+        if self.world_size > 1:
+            dist.all_reduce(total, group=self.group)
+        pairs = self.num_classes * (self.num_classes - 1)
+        return float((total[:-1].square().sum() - total[-1]) / pairs) if pairs else float("nan")
 
     def sample(self, local_labels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Choose this step's centres; returns (sorted local indices or None for all, labels as columns).

@@ -48,7 +48,21 @@ def test_yaml_config_and_validation(tmp_path):
     ({"milestones": [15, 12]}, "--milestones must be increasing"),
     ({"batch_size": 0}, "--batch_size must be at least 1"),
     ({"max_steps": 0}, "--max_steps must be at least 1"),
+    ({"margin_warmup_steps": -1}, "--margin_warmup_steps must be a whole number >= 0"),
+    ({"margin_warmup_steps": 2.5}, "--margin_warmup_steps must be a whole number >= 0"),
+    ({"lr_reference_batch": -256}, "--lr_reference_batch must be a whole number >= 0"),
+    ({"clip_grad_norm": -1.0}, "--clip_grad_norm must be a finite number >= 0"),
+    ({"clip_grad_norm": float("inf")}, "--clip_grad_norm must be a finite number >= 0"),
 ])
 def test_invalid_settings(changes, message):
     with pytest.raises(UserError, match=message):
         Config(**changes)
+
+
+def test_stability_settings_from_yaml_with_an_automatic_scale(tmp_path):
+    (tmp_path / "run.yaml").write_text("head_options: {s: auto, m: 0.3}\nmargin_warmup_steps: 500\n"
+                                       "clip_grad_norm: 5\nlr_reference_batch: 512\n")
+    config = Config.load(tmp_path / "run.yaml")
+    assert config.head_options == {"s": "auto", "m": 0.3}
+    assert (config.margin_warmup_steps, config.clip_grad_norm, config.lr_reference_batch) == (500, 5, 512)
+    assert Config().margin_warmup_steps == Config().lr_reference_batch == 0 and Config().clip_grad_norm == 0.0

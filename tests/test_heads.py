@@ -459,3 +459,79 @@ def test_treb1en_arcface_equivalence():
     assert (expected[torch.arange(8), labels[:8]] < S * math.cos(math.pi - 0.5)).all()
     with torch.no_grad():
         torch.testing.assert_close(head(embeddings, labels), expected, rtol=0, atol=1e-5)
+
+
+# ---- margin warm-up (--margin_warmup_steps) and the fixed AdaCos scale (--scale auto) ------------
+
+WARMUP = 10
+# each head with its defaults, and with every margin at half its value (Combined: m1 halfway to 1)
+HALF_MARGINS = {
+    "arcface": {"m": 0.25}, "pgaml": {"m1": 0.25, "m2": 0.1}, "cosface": {"m": 0.175},
+    "combined": {"m1": 0.95, "m2": 0.2, "m3": 0.1}, "adaface": {"m": 0.2}, "magface": {"l_m": 0.225, "u_m": 0.4},
+    "curricularface": {"m": 0.25},
+}
+FULL_MARGINS = {"combined": {"m1": 0.9, "m2": 0.4, "m3": 0.2}}   # a combined margin that uses all three
+
+
+def warmed_up(name: str, step: int):
+    margin = build_margin(name, margin_warmup_steps=WARMUP, **FULL_MARGINS.get(name, {}))
+    margin.eval()   # AdaFace's and CurricularFace's statistics stay put between the compared calls
+    margin.set_step(step)
+    return margin
+
+
+@pytest.mark.parametrize("name", list(HALF_MARGINS))
+def test_margin_warmup_ramps_from_plain_cosines_to_the_full_margin(name):
+    c = cosines(11)
+    plain = S * np.clip(c, -warmed_up(name, 0).cos_limit, warmed_up(name, 0).cos_limit)
+    at_start = run_margin(warmed_up(name, 0), c, LABELS)
+    if name == "curricularface":   # its hard negatives keep their re-weighting: compare the targets
+        rows = [i for i, y in enumerate(LABELS) if y >= 0]
+        cols = [LABELS[i] for i in rows]
+        np.testing.assert_allclose(at_start[rows, cols], plain[rows, cols], atol=1e-9)
+    else:
+        np.testing.assert_allclose(at_start, plain, atol=1e-9)
+    half = build_margin(name, **HALF_MARGINS[name]).eval()
+    np.testing.assert_allclose(run_margin(warmed_up(name, WARMUP // 2), c, LABELS), run_margin(half, c, LABELS),
+                               atol=1e-9)
+    full = build_margin(name, **FULL_MARGINS.get(name, {})).eval()
+    for step in (WARMUP, 3 * WARMUP):
+        np.testing.assert_array_equal(run_margin(warmed_up(name, step), c, LABELS), run_margin(full, c, LABELS))
+
+
+def test_margin_warmup_is_a_function_of_the_step_alone():
+    """A resumed run calls set_step with its restored step: the factor does not depend on the steps seen before."""
+    resumed = build_margin("arcface", margin_warmup_steps=8)
+    assert resumed.margin_factor == 0.0
+    resumed.set_step(6)
+    walked = build_margin("arcface", margin_warmup_steps=8)
+    for step in range(7):
+        walked.set_step(step)
+    assert resumed.margin_factor == walked.margin_factor == 0.75
+    assert build_margin("arcface").margin_factor == 1.0
+
+
+def test_margin_warmup_refuses_sphereface_and_bad_values():
+    with pytest.raises(UserError, match="--margin_warmup_steps does not apply to --head sphereface: its lambda"):
+        build_margin("sphereface", margin_warmup_steps=100)
+    assert build_margin("sphereface", margin_warmup_steps=0).lambda_ == 1000.0
+    with pytest.raises(UserError, match="--margin_warmup_steps must be a whole number"):
+        build_margin("arcface", margin_warmup_steps=-3)
+
+
+def test_scale_auto_is_fixed_adacos():
+    from heads import adacos_scale
+
+    assert adacos_scale(200) == pytest.approx(math.sqrt(2) * math.log(199)) and round(adacos_scale(200), 2) == 7.49
+    assert round(adacos_scale(85742), 2) == 16.06
+    assert build_margin("arcface", num_classes=200, s="auto").s == adacos_scale(200)
+    assert build_head("cosface", 8, 85742, s="AUTO").margin.s == adacos_scale(85742)
+    # at that scale a sample 45 degrees from its centre and 90 from the others has probability 1/2
+    s, others = adacos_scale(200), 199
+    assert math.exp(s * math.cos(math.pi / 4)) / (math.exp(s * math.cos(math.pi / 4)) + others) == pytest.approx(0.5)
+    with pytest.raises(UserError, match="s=auto needs the number of classes"):
+        build_margin("arcface", s="auto")
+    with pytest.raises(UserError, match="needs at least 3 classes"):
+        build_margin("arcface", num_classes=2, s="auto")
+    with pytest.raises(UserError, match=r"must be a positive number, not 'big' \(or auto"):
+        build_margin("arcface", num_classes=200, s="big")

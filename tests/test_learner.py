@@ -17,7 +17,7 @@ from inference.weights import load_backbone_weights
 from learner import Learner
 from training import schedule
 from training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from training.hooks import Checkpointing, Evaluation
+from training.hooks import Checkpointing, Evaluation, Hook
 from training.run_log import read_scalars
 from utils import UserError
 
@@ -214,7 +214,8 @@ def _train_rank(rank: int, world_size: int, port: int, config: Config, out_dir: 
         learner = Learner(config)
         learner.train()
         torch.save({"model": _parameters(learner), "kernel": learner.head.kernel.detach().clone(),
-                    "step": learner.progress.step}, os.path.join(out_dir, f"rank{rank}.pt"))
+                    "step": learner.progress.step, "statistics": learner.step_statistics},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         torch.distributed.destroy_process_group()
 
@@ -241,6 +242,8 @@ def test_two_processes_stay_equal_and_resume_at_other_world_sizes(train_data, tm
     for key, value in ranks[0]["model"].items():  # DDP all-reduced real gradients: identical replicas
         torch.testing.assert_close(value, ranks[1]["model"][key], rtol=0, atol=0)
     assert ranks[0]["kernel"].shape == (64, 5) == ranks[1]["kernel"].shape  # 10 classes sharded in two
+    # the last (log) step's collapse diagnostics cover the global batch: the same figures on both ranks
+    assert len(ranks[0]["statistics"]) == 8 and ranks[0]["statistics"] == ranks[1]["statistics"]
     initial = _parameters(Learner(small_config(train_data, tmp_path / "fresh", batch_size=4)))
     assert any(not torch.equal(initial[k], v) for k, v in ranks[0]["model"].items())
 
@@ -300,3 +303,100 @@ def test_val_sets_given_as_bin_are_prepared_when_training_starts(train_data, tmp
     assert [v.name for v in next(h for h in learner.hooks if isinstance(h, Evaluation)).val_sets] == \
         ["lfw", "agedb_30", "cfp_fp"]
     assert (data / "lfw" / "issame.npy").is_file()
+
+
+# ------------------------------------------------------------------------- stability tools and diagnostics
+
+def test_lr_scaled_to_the_global_batch():
+    config = Config(lr=0.1, epochs=10, schedule="cosine", warmup_epochs=1, lr_reference_batch=256)
+    assert schedule.peak_lr(config, 512) == pytest.approx(0.2)
+    assert schedule.lr_at(config, 0.5, 512) == pytest.approx(0.1)      # the warm-up ramps to the scaled peak
+    assert schedule.lr_at(config, 1.0, 512) == pytest.approx(0.2)
+    assert schedule.lr_at(config, 5.5, 128) == pytest.approx(0.05 * 0.5)
+    with pytest.raises(ValueError, match="global_batch"):
+        schedule.lr_at(config, 1.0)
+    plain = config.replace(lr_reference_batch=0)
+    assert schedule.lr_at(plain, 1.0, 512) == schedule.lr_at(plain, 1.0) == pytest.approx(0.1)
+
+
+class _SpyOnStatistics:
+    """Wraps PartialFC.forward_statistics: the step it ran in, the centres then, and what it returned."""
+
+    def __init__(self, learner):
+        self.learner, self.calls = learner, []
+        self.real = learner.head.forward_statistics
+        learner.head.forward_statistics = self
+
+    def __call__(self, *args):
+        result = self.real(*args)
+        self.calls.append((self.learner.progress.step + 1, self.learner.head.kernel.detach().clone(), result))
+        return result
+
+
+class _KernelBeforeStep(Hook):
+    def __init__(self):
+        self.kernels = {}
+
+    def before_step(self, learner):
+        self.kernels[learner.progress.step + 1] = learner.head.kernel.detach().clone()
+
+
+def test_log_steps_log_their_own_forward_before_the_update(train_data, tmp_path):
+    work = tmp_path / "run"
+    before = _KernelBeforeStep()
+    learner = Learner(small_config(train_data, work, head="arcface", head_options={"s": 16.0, "m": 0.3},
+                                   max_steps=4, log_every=2), hooks=[before])
+    spy = _SpyOnStatistics(learner)
+    learner.train()
+    assert [step for step, _, _ in spy.calls] == [2, 4]   # ordinary steps compute nothing
+    values = {(r["step"], r["tag"]): r["value"] for r in read_scalars(work / "log")}
+    for step, kernel, statistics in spy.calls:
+        assert torch.equal(kernel, before.kernels[step])  # the centres as the step found them, not as it left them
+        assert values[(step, "train/accuracy")] == statistics["accuracy"]
+        for name in ("target_angle_deg", "target_cos", "max_other_cos", "batch_pair_cos", "centre_pair_cos"):
+            assert values[(step, f"train/{name}")] == statistics[name]
+        assert 0 < values[(step, "train/target_angle_deg")] < 180
+        assert values[(step, "train/embedding_norm")] > 0 and values[(step, "train/grad_norm")] > 0
+    assert not any(tag == "train/grad_norm" for step, tag in values if step % 2)
+
+
+def test_clipping_takes_the_backbone_alone_and_the_margin_warmup_resumes(train_data, tmp_path, monkeypatch, caplog):
+    clipped = []
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def spy_clip(parameters, max_norm, *args, **kwargs):
+        clipped.append((list(parameters), max_norm))
+        return real_clip(clipped[-1][0], max_norm, *args, **kwargs)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy_clip)
+    config = small_config(train_data, tmp_path / "run", max_steps=2, clip_grad_norm=0.5, margin_warmup_steps=4,
+                          lr_reference_batch=16, head_options={"s": "auto", "m1": 0.3, "m2": 0.1})
+    with caplog.at_level(logging.INFO):
+        learner = Learner(config)
+        learner.train()
+    log_text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "--scale auto: s = sqrt(2) * ln(C - 1) = 3.11 for C = 10 classes" in log_text
+    assert "peak LR 0.025 = --lr 0.05 x global batch 8 / --lr_reference_batch 16" in log_text
+    assert learner.head.margin.s == pytest.approx(math.sqrt(2) * math.log(9))
+    assert len(clipped) == 2 and all(max_norm == 0.5 for _, max_norm in clipped)
+    backbone = {id(p) for p in learner.backbone.parameters()}
+    assert all(id(p) in backbone for p in clipped[0][0]) and len(clipped[0][0]) == len(backbone)
+    assert all(p is not learner.head.kernel for p in clipped[0][0])
+    assert {r["value"] for r in read_scalars(tmp_path / "run" / "log", "train/lr")} == {0.025}
+    # the margin's share follows the restored step: 2 of 4 steps taken
+    resumed = Learner(config.replace(max_steps=3, resume="auto"))
+    assert resumed.progress.step == 2
+    resumed._follow_schedule()
+    assert resumed.head.margin.margin_factor == 0.5
+
+
+def test_fp16_with_clipping_steps_and_logs_the_true_gradient_norm(train_data, tmp_path):
+    work = tmp_path / "run"
+    learner = Learner(small_config(train_data, work, amp="fp16", max_steps=2, batch_size=4, clip_grad_norm=1.0,
+                                   deterministic=False))
+    # torch's 2**16 overflows this tiny fresh model's fp16 gradients for a few (skipped, NaN-norm) steps
+    learner.scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    learner.train()
+    assert learner.progress.nonfinite_total == 0 and learner.scaler.get_scale() == 256.0   # no step skipped
+    norms = [r["value"] for r in read_scalars(work / "log", "train/grad_norm")]
+    # about 35 here: logged before unscaling it would be 256 times that
+    assert len(norms) == 2 and all(1.0 < n < 1000 for n in norms)

@@ -142,6 +142,64 @@ def test_state_round_trip_accuracy_and_errors():
     assert module.accuracy(embeddings[:3], torch.tensor([1, 1, 1])) == pytest.approx(1 / 3)
 
 
+def reference_statistics(embeddings, kernel, labels) -> dict[str, float]:
+    """forward_statistics written out over the full (B, C) cosine matrix and the explicit pair matrices."""
+    x, w = F.normalize(embeddings.double(), dim=1), F.normalize(kernel.double(), dim=0)
+    cosine, rows = x @ w, torch.arange(len(labels))
+    target = cosine[rows, labels]
+    others = cosine.clone()
+    others[rows, labels] = -torch.inf
+
+    def off_diagonal_mean(gram):
+        n = gram.shape[0]
+        return float((gram.sum() - gram.diagonal().sum()) / (n * (n - 1)))
+    return {"accuracy": float((cosine.argmax(dim=1) == labels).double().mean()), "target_cos": float(target.mean()),
+            "target_angle_deg": float(torch.rad2deg(torch.acos(target.clamp(-1, 1))).mean()),
+            "max_other_cos": float(others.amax(dim=1).mean()), "batch_pair_cos": off_diagonal_mean(x @ x.t()),
+            "centre_pair_cos": off_diagonal_mean(w.t() @ w)}
+
+
+def assert_statistics_close(got: dict, want: dict) -> None:
+    assert set(got) == set(want)
+    for name, value in want.items():
+        assert got[name] == pytest.approx(value, abs=1e-5), name
+
+
+@pytest.mark.parametrize("sparse_grad", [False, True])
+def test_forward_statistics_are_those_of_the_forward_pass_and_only_when_asked(sparse_grad):
+    embeddings, kernel, labels, yaw = problem()
+    module = partial_fc(kernel, margin("pgaml"), sparse_grad=sparse_grad)
+    pfc_step(module, embeddings, labels, yaw)
+    assert module.statistics == {}   # ordinary steps compute nothing
+    module.record_statistics = True
+    pfc_step(module, embeddings, labels, yaw)
+    want = reference_statistics(embeddings, kernel, labels)
+    assert_statistics_close(module.statistics, want)
+    assert 0 < want["accuracy"] < 1   # the problem has hits and misses
+
+
+def test_forward_statistics_with_sampling_cover_the_columns_used():
+    embeddings, kernel, labels, yaw = problem(num_classes=40)
+    module = partial_fc(kernel, margin("arcface"), sample_rate=0.5)
+    module.record_statistics = True
+    torch.manual_seed(0)
+    pfc_step(module, embeddings, labels, yaw)
+    index = module.sampled_index
+    want = reference_statistics(embeddings, kernel[:, index], torch.searchsorted(index, labels))
+    want["centre_pair_cos"] = reference_statistics(embeddings, kernel, labels)["centre_pair_cos"]  # all classes
+    assert_statistics_close(module.statistics, want)
+
+
+def test_centre_pair_cosine_is_exact_and_reads_in_chunks():
+    _, kernel, _, _ = problem(num_classes=40)
+    module = partial_fc(kernel, margin("arcface"))
+    want = reference_statistics(torch.randn(2, EMBEDDING), kernel, torch.tensor([0, 1]))["centre_pair_cos"]
+    assert module.centre_pair_cosine() == pytest.approx(want, abs=1e-12)
+    assert module.centre_pair_cosine(chunk=7) == pytest.approx(want, abs=1e-12)
+    same = partial_fc(kernel[:, :1].repeat(1, 5), margin("arcface"))   # every centre alike: a collapse
+    assert same.centre_pair_cosine() == pytest.approx(1.0)
+
+
 def test_shard_ranges_cover_all_classes_evenly():
     for num_classes, world in [(11, 2), (1_000_000, 8), (7, 7), (10, 3)]:
         ranges = [shard_range(num_classes, r, world) for r in range(world)]
@@ -395,7 +453,11 @@ def _distributed_checks(rank, out_dir):
     for sparse_grad in (False, True):
         results[f"optimizer_sparse{sparse_grad}"] = _optimizer_state_resharding(kernel40, rank, out_dir, sparse_grad)
 
-    embeddings, _, labels, _ = problem()
+    embeddings, _, labels, yaw = problem()
+    recording = partial_fc(kernel, margin("pgaml"))
+    recording.record_statistics = True
+    pfc_step(recording, _rows(embeddings, rank), _rows(labels, rank), _rows(yaw, rank))
+    results["statistics"] = recording.statistics
     results["accuracy"] = partial_fc(kernel, margin("arcface")).accuracy(_rows(embeddings, rank),
                                                                          _rows(labels, rank))
     # re-sharding: our own random centres out, the one-process checkpoint in
@@ -540,3 +602,10 @@ def test_two_ranks_optimizer_state_resharding(two_ranks, sparse_grad):
     optimizer = SGD([head.kernel], lr=0.1, momentum=0.9)
     head.load_full_optimizer_state(optimizer, {"momentum_buffer": cases[0]["momentum_out"]})
     assert torch.equal(head.full_optimizer_state(optimizer)["momentum_buffer"], after)
+
+
+def test_two_ranks_record_the_global_batchs_statistics(two_ranks):
+    _, ranks = two_ranks
+    embeddings, kernel, labels, _ = problem()
+    assert ranks[0]["statistics"] == ranks[1]["statistics"]   # the same figures on every rank
+    assert_statistics_close(ranks[0]["statistics"], reference_statistics(embeddings, kernel, labels))

@@ -49,7 +49,8 @@ def test_help_documents_every_flag():
                  "--data_path", "--embedding_size", "--sample_rate", "--amp", "--channels_last", "--compile",
                  "--resume", "--eval_every", "--val_sets", "--max_steps", "--device", "--seed", "--deterministic",
                  "--config", "--work_path", "--pose_schedule", "--schedule", "--warmup_epochs", "--find_lr",
-                 "--pretrained", "--best_metric", "--head_option", "--scale", "--margin", "--m1", "--m2"):
+                 "--pretrained", "--best_metric", "--head_option", "--scale", "--margin", "--m1", "--m2",
+                 "--margin_warmup_steps", "--clip_grad_norm", "--lr_reference_batch"):
         assert f" {flag}" in out, flag
 
 
@@ -69,6 +70,9 @@ def test_help_documents_every_flag():
     (["--pose_schedule", "2", "--head", "arcface"], "--pose_schedule applies to --head pgaml only"),
     (["--val_sets", "lfw", "--best_metric", "lfw/foo"], "--best_metric lfw/foo: expected 'accuracy' or"),
     (["--val_sets", "lfw,megaface"], "--val_sets: megaface not found under"),
+    (["--head", "sphereface", "--margin_warmup_steps", "100"], "--margin_warmup_steps does not apply to --head sphereface"),
+    (["--clip_grad_norm", "-1"], "--clip_grad_norm must be a finite number >= 0"),
+    (["--scale", "large"], "argument --scale: expected a number or auto, not 'large'"),
 ])
 def test_bad_input_is_one_line_and_status_2(train_data, tmp_path, args, message):
     base = ["--data_path", train_data, "--work_path", tmp_path / "run", "-n", "mobilefacenet", "-w", "0", "-b", "8"]
@@ -133,7 +137,11 @@ def test_a_signal_to_the_process_group_with_loader_workers_saves_once(train_data
 def test_saved_config_reproduces_the_run(train_data, tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     assert train(*SMALL, "--data_path", train_data, "--work_path", first, "--max_steps", 2,
-                 "--schedule", "cosine", "--warmup_epochs", "0.5").returncode == 0
+                 "--schedule", "cosine", "--warmup_epochs", "0.5", "--scale", "auto", "--margin_warmup_steps", 3,
+                 "--clip_grad_norm", 2, "--lr_reference_batch", 16).returncode == 0
+    saved = Config.load(first / "config.json")
+    assert saved.head_options["s"] == "auto" and (saved.margin_warmup_steps, saved.clip_grad_norm,
+                                                  saved.lr_reference_batch) == (3, 2.0, 16)
     result = train("--config", first / "config.json", "--work_path", second)
     assert result.returncode == 0, result.stderr
     assert Config.load(second / "config.json") == Config.load(first / "config.json").replace(work_path=str(second))

@@ -48,13 +48,19 @@ def backbone_for(config: Config, device: torch.device) -> tuple[nn.Module, dict]
     return backbone, conventions
 
 
-def margin_for(config: Config) -> nn.Module:
+def margin_for(config: Config, num_classes: int | None = None) -> nn.Module:
+    """The config's margin; `num_classes` (all classes, over every rank) resolves --scale auto."""
     options = dict(config.head_options)
     if config.head == "pgaml" and config.pose_schedule:
         options.setdefault("warmup_epochs", config.pose_schedule)
     elif config.pose_schedule:
         raise UserError("--pose_schedule applies to --head pgaml only")
-    return build_margin(config.head, **options)
+    margin = build_margin(config.head, num_classes=num_classes, margin_warmup_steps=config.margin_warmup_steps,
+                          **options)
+    if isinstance(options.get("s"), str):
+        log.info("--scale auto: s = sqrt(2) * ln(C - 1) = %.2f for C = %d classes (fixed AdaCos)", margin.s,
+                 num_classes)
+    return margin
 
 
 def wrap_for_training(backbone: nn.Module, device: torch.device, distributed: bool, compile: bool) -> nn.Module:

@@ -30,6 +30,7 @@ from evaluation.breakdowns import BreakdownSpec, breakdown_scalars, breakdown_se
 from evaluation.sets import ValSet, evaluate_set
 from inference.weights import save_backbone_weights
 from training import distributed
+from training.stability import collapse_suspected, collapse_warning
 from utils import UserError, atomic_path, atomic_write_text
 from verification import roc_image_for_tensorboard
 
@@ -111,19 +112,33 @@ class _Meter:
         return sum(self.losses) / len(self.losses) if self.losses else math.nan
 
 
+# what a log step records from its own forward pass, before its update (training.stability says why)
+STEP_STATISTICS = ("accuracy", "target_angle_deg", "target_cos", "max_other_cos", "embedding_norm",
+                   "batch_pair_cos", "centre_pair_cos", "grad_norm")
+
+
 class TrainLog(Hook):
-    """train/loss every step; every `every` steps LR, in-batch accuracy, non-finite count, images/s and the
-    data-wait fraction (TensorBoard + scalars.jsonl) and the progress bar's figures."""
+    """train/loss every step; every `every` steps LR, non-finite count, images/s, the data-wait fraction and
+    the figures that expose a collapse (`STEP_STATISTICS`: in-batch accuracy, target angle, ...), all from that
+    step's own forward pass before its update (TensorBoard + scalars.jsonl), and the progress bar's figures.
+    Warns once when the loss has fallen while the accuracy stays near chance (`training.stability`)."""
 
     def __init__(self, every: int):
         self.every = every
         self.meter = _Meter()
         self.bar = None
+        self.losses: list[float] = []       # mean loss of each log interval, for the collapse warning
+        self.accuracies: list[float] = []
+        self.warned = False
 
     def before_train(self, learner: "Learner") -> None:
         last = learner.last_step
         self.bar = tqdm(total=last, initial=min(learner.progress.step, last), disable=not learner.dist.is_main,
                         desc="train", dynamic_ncols=True)
+
+    def before_step(self, learner: "Learner") -> None:
+        # the step about to run records its figures (every rank: collectives) only when it is a log step
+        learner.record_statistics = (learner.progress.step + 1) % self.every == 0
 
     def after_step(self, learner: "Learner", record: StepRecord) -> None:
         learner.run_log.scalar("train/loss", record.loss, record.step)
@@ -133,10 +148,12 @@ class TrainLog(Hook):
             self._log(learner, record.step)
 
     def _log(self, learner: "Learner", step: int) -> None:
-        embeddings, labels = learner.last_batch
-        accuracy = learner.head.accuracy(embeddings, labels)  # collective: every rank calls it
+        statistics = {f"train/{name}": learner.step_statistics[name] for name in STEP_STATISTICS
+                      if learner.step_statistics.get(name) is not None}
+        accuracy = statistics.get("train/accuracy", math.nan)
+        self._watch_for_collapse(learner, step, accuracy)
         seconds = max(self.meter.busy, 1e-9)
-        values = {"train/lr": learner.lr, "train/accuracy": accuracy,
+        values = {"train/lr": learner.lr, **statistics,
                   "train/nonfinite_steps": learner.progress.nonfinite_total,
                   "perf/images_per_s": self.meter.samples / seconds,
                   "perf/data_wait_fraction": self.meter.data_wait / seconds}
@@ -146,6 +163,16 @@ class TrainLog(Hook):
         self.bar.set_postfix(loss=f"{self.meter.mean_loss():.3f}", lr=f"{learner.lr:.2e}", acc=f"{accuracy:.3f}",
                              img_s=f"{values['perf/images_per_s']:.0f}")
         self.meter = _Meter()
+
+    def _watch_for_collapse(self, learner: "Learner", step: int, accuracy: float) -> None:
+        self.losses.append(self.meter.mean_loss())
+        self.accuracies.append(accuracy)
+        # chance among the columns the accuracy chooses from (all classes at --sample_rate 1)
+        choices = min(learner.num_classes, learner.head.num_sample * learner.head.world_size)
+        if not self.warned and collapse_suspected(self.losses, self.accuracies, choices):
+            self.warned = True
+            if learner.dist.is_main:
+                log.warning(collapse_warning(step, self.losses, self.accuracies, choices))
 
     def close(self, learner: "Learner") -> None:
         if self.bar is not None:

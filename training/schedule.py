@@ -8,6 +8,9 @@ of steps per epoch) continues the same curve. The optimiser's LR is set from `lr
 - `poly`   arcface_torch: lr * (1 - p) ** power
 Any of them after a linear warm-up from 0 over `warmup_epochs` (the curve starts after the warm-up, as
 arcface_torch's PolyScheduler does).
+
+The peak `lr` is the config's, or with `lr_reference_batch` N > 0 Goyal et al.'s linear scaling rule
+(arXiv:1706.02677), `lr * global_batch / N`: the warm-up ramps to that value and the schedule starts there.
 """
 from __future__ import annotations
 
@@ -17,18 +20,29 @@ import math
 from config import Config
 
 
-def lr_at(config: Config, epoch_progress: float) -> float:
-    """The learning rate at `epoch_progress` epochs into the run."""
+def peak_lr(config: Config, global_batch: int | None = None) -> float:
+    """The schedule's peak LR: `lr`, or `lr * global_batch / lr_reference_batch` (--lr_reference_batch)."""
+    if not config.lr_reference_batch:
+        return config.lr
+    if global_batch is None:
+        raise ValueError("--lr_reference_batch scales the LR to the global batch: pass global_batch")
+    return config.lr * global_batch / config.lr_reference_batch
+
+
+def lr_at(config: Config, epoch_progress: float, global_batch: int | None = None) -> float:
+    """The learning rate at `epoch_progress` epochs into the run (`global_batch`: images per step over all
+    processes, needed with --lr_reference_batch)."""
+    lr = peak_lr(config, global_batch)
     warmup = config.warmup_epochs
     if warmup > 0 and epoch_progress < warmup:
-        return config.lr * epoch_progress / warmup
+        return lr * epoch_progress / warmup
     if config.schedule == "step":
-        return config.lr * config.lr_gamma ** bisect.bisect_right(config.milestones, epoch_progress)
+        return lr * config.lr_gamma ** bisect.bisect_right(config.milestones, epoch_progress)
     span = max(config.epochs - warmup, 1e-12)
     p = min(max((epoch_progress - warmup) / span, 0.0), 1.0)
     if config.schedule == "cosine":
-        return config.lr * 0.5 * (1.0 + math.cos(math.pi * p))
-    return config.lr * (1.0 - p) ** config.poly_power
+        return lr * 0.5 * (1.0 + math.cos(math.pi * p))
+    return lr * (1.0 - p) ** config.poly_power
 
 
 def set_lr(optimizer, lr: float) -> None:
