@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from config import Config
+from evaluation.breakdown_reports import ModelEvaluation, breakdown_markdown, write_breakdown_report
+from evaluation.breakdowns import BreakdownSpec, compare_models, parse_list
 from utils import CliParser, UserError, atomic_write_text, run_cli, setup_logging
 
 # Settings that learn on the synthetic faces from scratch in a few CPU minutes (measured:
@@ -33,6 +36,8 @@ def parse_args(argv=None):
     parser.add_argument("-w", "--num_workers", type=int, default=1, help="data loading processes (default: %(default)s)")
     parser.add_argument("--max_steps", type=int, default=None, help="stop each run early (smoke tests)")
     parser.add_argument("--seed", type=int, default=0, help="shared seed of both runs (default: %(default)s)")
+    parser.add_argument("--resolutions", default=DEFAULT_RESOLUTIONS,
+                        help="face sizes in pixels of the resolution breakdown (default: %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -44,12 +49,56 @@ def run_config(args, head: str) -> Config:
                   eval_every=10**9, save_every=10**9, log_every=10, val_sets="all", seed=args.seed)
 
 
-def comparison_table(results: dict[str, list]) -> str:
-    lines = ["| head | set | pairs | accuracy | frontal pairs | profile pairs |", "|---|---|---|---|---|---|"]
-    for head, set_results in results.items():
-        for entry in set_results:
+DEFAULT_RESOLUTIONS = "112,28,14"
+
+
+@dataclass
+class Row:
+    """One model of the comparison: its label, what it is, and the network that embeds (None: not yet)."""
+    label: str
+    about: str
+    network: object
+
+
+def reference_rows(args) -> list[Row]:
+    """The floors a trained model must clear: the raw-pixel matcher and the untrained network of the same seed."""
+    from evaluation.baselines import RawPixels, untrained
+    return [Row("raw pixels", "grey pixels minus their mean", RawPixels()),
+            Row("untrained", f"MobileFaceNet at its seed-{args.seed} initialisation", untrained("mobilefacenet", args.seed))]
+
+
+def breakdown_spec(args) -> BreakdownSpec:
+    """The report's breakdowns: the default |yaw| bins and the --resolutions sweep."""
+    return BreakdownSpec(by=("pose", "resolution"), resolutions=parse_list(args.resolutions, "--resolutions", int))
+
+
+def evaluate_rows(rows: list[Row], data_path: str, given: dict, spec: BreakdownSpec) -> list[ModelEvaluation]:
+    """Every row on every prepared val set, with the pose bins and the resolution sweep. `given` holds the
+    set results the training runs already computed at full size (label -> SetResults), reused as they are."""
+    from evaluation import ValSet, available_valsets, evaluate_set
+    from evaluation.breakdowns import breakdown_set
+
+    valsets = [ValSet.load(data_path, name) for name in available_valsets(data_path)]
+    evaluations = []
+    for row in rows:
+        evaluation = ModelEvaluation(row.label, row.about)
+        known = {r.name: r for r in given.get(row.label, [])}
+        for valset in valsets:
+            def evaluate(pairs, network=row.network):
+                return evaluate_set(network, pairs, batch_size=128)
+            base = known.get(valset.name) or evaluate(valset)
+            evaluation.results.append(base)
+            evaluation.breakdowns[valset.name] = breakdown_set(evaluate, valset, base, spec)
+        evaluations.append(evaluation)
+    return evaluations
+
+
+def comparison_table(evaluations: list[ModelEvaluation]) -> str:
+    lines = ["| model | set | pairs | accuracy | frontal pairs | profile pairs |", "|---|---|---|---|---|---|"]
+    for evaluation in evaluations:
+        for entry in evaluation.results:
             r = entry.result
-            lines.append(f"| {head} | {entry.name} | {r.num_positive + r.num_negative} | "
+            lines.append(f"| {evaluation.label} | {entry.name} | {r.num_positive + r.num_negative} | "
                          f"{r.accuracy:.4f} ± {r.accuracy_std:.4f} | {_stratum(entry.frontal_accuracy, entry.num_frontal)} | "
                          f"{_stratum(entry.profile_accuracy, entry.num_profile)} |")
     return "\n".join(lines) + "\n"
@@ -76,8 +125,10 @@ def replace_previous_demo_run(config: Config) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging(logging.INFO)
-    from learner import Learner  # torch loads after the flags are checked
-    results = {}
+    from learner import Learner  # loads the training stack only once the flags are checked
+
+    spec = breakdown_spec(args)
+    rows, trained = reference_rows(args), {}
     for head in HEADS:
         config = run_config(args, head)
         replace_previous_demo_run(config)
@@ -85,11 +136,17 @@ def main(argv=None) -> int:
         learner.train()
         if not learner.last_results:
             raise UserError(f"{args.data_path}: no prepared val sets to compare on (run data/prepare_data.py)")
-        results[head] = learner.last_results
-    table = comparison_table(results)
-    atomic_write_text(f"{args.work_path}/results.md", table)
+        trained[head] = learner.last_results
+        rows.append(Row(head, f"MobileFaceNet + {head} {HEADS[head]}, {learner.progress.step} steps",
+                        learner.backbone.eval()))
+    evaluations = evaluate_rows(rows, args.data_path, trained, spec)
+    table = comparison_table(evaluations)
+    tests = compare_models({e.label: e.breakdowns for e in evaluations if e.label in HEADS})
+    write_breakdown_report(evaluations, tests, spec, Path(args.work_path) / "breakdowns")
+    atomic_write_text(f"{args.work_path}/results.md", table + "\n" + breakdown_markdown(evaluations, tests, spec))
     print("\n" + table)
-    print(f"Written to {args.work_path}/results.md. TensorBoard: tensorboard --logdir {args.work_path}")
+    print(f"Written to {args.work_path}/results.md (with the pose and resolution breakdowns; figures in "
+          f"{args.work_path}/breakdowns). TensorBoard: tensorboard --logdir {args.work_path}")
     return 0
 
 

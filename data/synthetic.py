@@ -28,7 +28,7 @@ Output folder:
 
 Pose conventions (degrees):
     yaw   > 0: the face is turned toward the image's RIGHT (the nose points to the right edge).
-          A horizontal flip negates yaw (and mirrors the asymmetric features: a mirrored identity).
+          A horizontal flip negates yaw; every feature is mirror-symmetric, so it shows the same person.
     pitch > 0: the face is seen from above (camera above the eyes, as from a drone; nose points down).
 
 Every image is a pure function of (seed, record key): any --workers gives byte-identical output.
@@ -66,7 +66,7 @@ RENDER_SIZE = 64
 IMAGE_SIZE = 112
 VIEW_HALF_WIDTH = 0.92  # world units either side of the crop centre: eyes at ~46% of the height, mouth at
                         # ~80%, as in the ArcFace 112x112 alignment template
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: moles in mirror pairs (a flip shows the same person)
 
 # Independent random streams (SeedSequence([seed, stream, ...])): identities, train images, pair lists and val
 # images never share numbers, and each image depends on nothing but its own stream.
@@ -113,7 +113,7 @@ class Identity:
     mouth_width: float
     mouth_thickness: float
     mouth_curve: float
-    moles: np.ndarray       # (n, 3): surface angle, height, radius
+    moles: np.ndarray       # (2n, 3): surface angle, height, radius; n mirror pairs
     hairline: float
     widow_peak: float
     hair_stripes: float
@@ -121,16 +121,15 @@ class Identity:
     base_age: float
     ear_height: float
 
-    def mirrored(self) -> "Identity":
-        """The left-right mirror image of this person (only the moles are asymmetric)."""
-        return replace(self, moles=self.moles * np.array([-1.0, 1.0, 1.0]))
-
 
 def sample_identity(rng: np.random.Generator) -> Identity:
     u = rng.uniform
-    num_moles = rng.integers(0, 4)
+    # moles come in mirror pairs: every feature is then left-right symmetric, so a horizontal flip (the training
+    # augmentation) shows the same person, not a mirrored one that the model would have to learn as well
+    num_pairs = rng.integers(1, 4)
     spacing = u(0.30, 0.48)
-    moles = np.stack([u(-0.75, 0.75, num_moles), u(-0.65, 0.45, num_moles), u(0.035, 0.07, num_moles)], 1)
+    half = np.stack([u(0.12, 0.75, num_pairs), u(-0.65, 0.45, num_pairs), u(0.045, 0.085, num_pairs)], 1)
+    moles = np.concatenate([half, half * np.array([-1.0, 1.0, 1.0])])
     return Identity(
         head_axes=(0.74 * u(0.96, 1.04), 1.0, 0.86 * u(0.96, 1.04)),
         skin=SKIN_BASE * (1 + rng.normal(0, 0.03)) * (1 + rng.normal(0, 0.02, 3)),
