@@ -312,14 +312,8 @@ def resolution_figure(summary: dict, outcomes: Outcomes, set_name: str):
     axes.minorticks_off()
     axes.invert_xaxis()  # farther (smaller) faces to the right
     axes.set_xlabel("face size (pixels)")
-    axes.set_ylabel("accuracy: mean over seeds, band min-max")
     axes.set_ylim(0, 1.02)
-    axes.axhline(0.5, color="grey", lw=0.8, ls=":")
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=7)
-    axes.set_title(f"{set_name}: accuracy per resolution")
-    figure.tight_layout()
-    return figure
+    return _finish(figure, axes, "accuracy: mean over seeds, band min-max", f"{set_name}: accuracy per resolution")
 
 
 def curves_figure(outcomes: Outcomes, set_name: str):
@@ -332,11 +326,16 @@ def curves_figure(outcomes: Outcomes, set_name: str):
         line, = axes.plot(steps, mean, "o-", ms=3, label=arm)
         axes.fill_between(steps, low, high, color=line.get_color(), alpha=0.15)
     axes.set_xlabel("step")
-    axes.set_ylabel("val accuracy: mean over seeds, band min-max")
+    return _finish(figure, axes, "val accuracy: mean over seeds, band min-max", f"{set_name}: learning curves")
+
+
+def _finish(figure, axes, ylabel: str, title: str):
+    """The accuracy axes' common dress: label, the chance line, grid, legend, title."""
+    axes.set_ylabel(ylabel)
     axes.axhline(0.5, color="grey", lw=0.8, ls=":")
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=7)
-    axes.set_title(f"{set_name}: learning curves")
+    axes.set_title(title)
     figure.tight_layout()
     return figure
 
