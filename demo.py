@@ -24,13 +24,8 @@ HEADS = {
     "arcface": {"s": 16.0, "m": 0.3},
     "pgaml": {"s": 16.0, "m1": 0.3, "m2": 0.2},
 }
-
-
-# Measured on the synthetic faces (MobileFaceNet, batch 32, lr 0.1): without these the backbone's gradient norm
-# falls from ~25 to ~1.5 within 80 steps and a 186-step run ends near chance; with the margin ramped in over the
-# first 100 steps and the backbone's gradient norm clipped at 5, 372 steps reached 0.83 on the synthetic lfw.
-MARGIN_WARMUP_STEPS = 100
-CLIP_GRAD_NORM = 5.0
+# Measured on the synthetic faces (seed 0, ArcFace, 279 steps): this plain recipe reached 0.81 on the synthetic lfw;
+# adding --margin_warmup_steps 100 --clip_grad_norm 5 gave 0.74, so the demo leaves them out.
 
 
 def parse_args(argv=None):
@@ -52,8 +47,7 @@ def run_config(args, head: str) -> Config:
     return Config(data_path=args.data_path, work_path=f"{args.work_path}/{head}", net_mode="mobilefacenet",
                   head=head, head_options=HEADS[head], batch_size=args.batch_size, epochs=args.epochs, lr=args.lr,
                   schedule="cosine", warmup_epochs=0.3, num_workers=args.num_workers, max_steps=args.max_steps,
-                  channels_last=True, val_flip=False, margin_warmup_steps=MARGIN_WARMUP_STEPS,
-                  clip_grad_norm=CLIP_GRAD_NORM, eval_every=10**9, save_every=10**9, log_every=10, val_sets="all", seed=args.seed)
+                  channels_last=True, val_flip=False, eval_every=10**9, save_every=10**9, log_every=10, val_sets="all", seed=args.seed)
 
 
 # one downscaled level, the size of the farthest drone shots in the training data: every level costs one more
