@@ -95,8 +95,6 @@ class Learner:
                                    sampler=self.sampler, pin_memory=self.device.type == "cuda")
         self.progress = Progress()
         self.lr = config.lr
-        # (embeddings, labels) of the last step, for hooks that inspect it (TrainLog uses step_statistics)
-        self.last_batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self.last_step = 0               # the step the current run of the loop ends at
         # set by the log hook before a log step: that step records its figures (collective) in step_statistics
         self.record_statistics = False
@@ -226,7 +224,7 @@ class Learner:
         self.optimizer.zero_grad(set_to_none=True)
         torch._foreach_copy_(self._buffer_backup, self._buffers)
         try:
-            loss, self.last_batch = self._forward(images, labels, side, record)
+            loss = self._forward(images, labels, side, record)
         finally:
             self.head.record_statistics = False
         value = float(loss.detach())
@@ -260,7 +258,7 @@ class Learner:
         loss = self.head(embeddings.float(), labels, **extra)
         if record:  # the head's figures of this forward pass, and the features' norm before L2 normalisation
             self.step_statistics = {**self.head.statistics, "embedding_norm": stability.global_mean(norms)}
-        return loss, (embeddings.detach(), labels)
+        return loss
 
     def _count_nonfinite(self) -> None:
         p = self.progress
