@@ -18,11 +18,12 @@ Output folder:
     property               "C,112,112"
     pose.npy               float32 (N+1+C, 2): yaw, pitch in degrees per record key; NaN for non-images
     height.npy             float32 (N+1+C,): capture height in metres per key; NaN for non-images
-    lfw.bin, cfp_fp.bin, agedb_30.bin
+    lfw.bin, cfp_fp.bin, agedb_30.bin, cfp_ff.bin
                            insightface verification pairs of HELD-OUT identities (images 2i, 2i+1
                            form pair i; half same): lfw mixed poses, mostly near-frontal; cfp_fp one
                            near-frontal and one |yaw| 60-90 image per pair; agedb_30 near-frontal with
-                           a large age change between the two images of every pair
+                           a large age change between the two images of every pair; cfp_ff two
+                           near-frontal images per pair (cfp_ff - cfp_fp: what profile costs)
     <name>.pose.npy        float32 (2P, 2) yaw, pitch of each image of <name>.bin, in bin order
     meta_synthetic.json    generation parameters
 
@@ -73,8 +74,11 @@ GENERATOR_VERSION = 3  # 2: moles in mirror pairs (a flip shows the same person)
 # images never share numbers, and each image depends on nothing but its own stream.
 IDENTITY_STREAM, TRAIN_IMAGE_STREAM, PAIRS_STREAM, VAL_IMAGE_STREAM = 1, 2, 3, 4
 
-# name -> (pose kind of the first image, of the second image) in every pair; see sample_yaw
-VAL_SETS = {"lfw": ("lfw", "lfw"), "cfp_fp": ("frontal", "profile"), "agedb_30": ("agedb", "agedb")}
+# name -> (pose kind of the first image, of the second image) in every pair; see sample_yaw. cfp_ff pairs the same
+# held-out identities as cfp_fp frontal with frontal (CFP's own FF protocol): cfp_ff - cfp_fp is the profile gap.
+# New sets go at the end: a set's random streams follow its index, so the sets before it keep their bytes.
+VAL_SETS = {"lfw": ("lfw", "lfw"), "cfp_fp": ("frontal", "profile"), "agedb_30": ("agedb", "agedb"),
+            "cfp_ff": ("frontal", "frontal")}
 
 HAIR_PALETTE = np.array([[0.13, 0.09, 0.06], [0.24, 0.16, 0.10], [0.09, 0.08, 0.07], [0.33, 0.23, 0.14]])
 IRIS_PALETTE = np.array([[0.24, 0.14, 0.07], [0.13, 0.09, 0.06], [0.28, 0.38, 0.48], [0.30, 0.34, 0.20]])

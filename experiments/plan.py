@@ -24,6 +24,7 @@ PROFILE_KEYS = ("description", "data", "recipe", "margin", "steps", "seeds", "ar
 ARM_KEYS = ("head", "head_options", "use_height", "pose_schedule")
 DATA_KEYS = ("path", "generate")
 GENERATE_KEYS = ("classes", "per_class", "val_classes", "val_pairs", "seed", "workers")
+AUTO_SCALE_CHECK_CLASSES = 1000
 EVALUATION_KEYS = ("val_sets", "eval_every", "yaw_bins", "resolutions", "blur")
 # Config fields the experiment sets itself, run by run: a recipe may not set them
 SET_PER_RUN = ("data_path", "work_path", "head", "head_options", "use_height", "pose_schedule", "seed", "epochs",
@@ -163,8 +164,8 @@ def read_arm(name: str, values, where: str, margin: dict) -> Arm:
     if pose_schedule and head != "pgaml":
         raise UserError(f"{where}.pose_schedule: applies to head pgaml only")
     options = {**head_options_for(head, margin), **own}
-    try:
-        build_margin(head, **options)
+    try:  # a check of the options only: each run resolves s=auto from its own data's number of classes
+        build_margin(head, num_classes=AUTO_SCALE_CHECK_CLASSES, **options)
     except (UserError, TypeError, ValueError) as err:
         raise UserError(f"{where}.head_options: {err}") from None
     return Arm(name, head, options, use_height, pose_schedule)

@@ -12,7 +12,7 @@ from config import AugmentConfig, Config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 EXPECTED = {"ir_se50_emore.yaml", "mobilefacenet_emore.yaml", "r100_ms1mv3_pfc.yaml", "pgaml_finetune.yaml",
-            "demo.yaml"}
+            "demo.yaml", "small_data.yaml"}
 PRESETS = sorted(CONFIGS.glob("*.yaml"))
 DEFAULTS = {f.name: getattr(Config(), f.name) for f in dataclasses.fields(Config)}
 

@@ -126,7 +126,7 @@ def _file_bytes(folder: Path) -> dict[str, bytes]:
 def test_same_seed_same_bytes_with_one_or_two_workers(folder, tmp_path):
     synthetic.generate(tmp_path / "two", CLASSES, PER_CLASS, workers=2, **SMALL)
     expected, got = _file_bytes(folder), _file_bytes(tmp_path / "two")
-    assert len(expected) == 12 and expected.keys() == got.keys()
+    assert len(expected) == 14 and expected.keys() == got.keys()
     assert [name for name in expected if expected[name] != got[name]] == []
 
 
@@ -209,3 +209,31 @@ def test_raw_pixels_are_near_chance_although_identity_is_in_the_pixels():
     clean = np.stack([synthetic.render_face(synthetic.identity_for(1, job.identity_index), 0.0, 0.0, expression)
                       for job, expression in zip(jobs, expressions)])
     assert _raw_pixel_accuracy(clean, issame) > 0.9
+
+
+def test_profile_views_carry_less_identity_and_worse_alignment():
+    """What makes cfp_fp harder than cfp_ff for a trained model: identity lives mostly in frontal features, so
+    two people differ in fewer pixels seen from the side, and profile crops are aligned worse."""
+    people = [synthetic.identity_for(0, index) for index in range(24)]
+
+    def identity_signal(yaw: float) -> float:  # two people, the same pose and nuisance: only identity differs
+        images = np.stack([synthetic.render_face(person, yaw, 0.0).astype(np.float32) for person in people])
+        return float(np.abs(images[0::2] - images[1::2]).mean())
+
+    frontal, profile = identity_signal(0.0), identity_signal(80.0)
+    assert profile < 0.85 * frontal, (frontal, profile)
+    assert identity_signal(40.0) < frontal
+    rng = np.random.default_rng(0)
+
+    def alignment_error(yaw: float) -> float:
+        shifts = [synthetic.sample_nuisance(rng, yaw, 3.0, 0.5).crop_shift for _ in range(400)]
+        return float(np.linalg.norm(shifts, axis=1).mean())
+
+    assert alignment_error(80.0) > 2 * alignment_error(0.0)
+
+
+def test_cfp_ff_is_cfp_fp_with_a_frontal_second_image(folder):
+    """The same held-out identities and protocol, so cfp_ff - cfp_fp measures what profile costs."""
+    yaw = {name: np.abs(np.load(folder / f"{name}.pose.npy")[:, 0]) for name in ("cfp_ff", "cfp_fp")}
+    assert (yaw["cfp_ff"] <= 10).all() and (yaw["cfp_fp"][1::2] >= 60).all()
+    assert synthetic.VAL_SETS["cfp_ff"][0] == synthetic.VAL_SETS["cfp_fp"][0] == "frontal"
