@@ -67,8 +67,8 @@ RENDER_SIZE = 64
 IMAGE_SIZE = 112
 VIEW_HALF_WIDTH = 0.92  # world units either side of the crop centre: eyes at ~46% of the height, mouth at
                         # ~80%, as in the ArcFace 112x112 alignment template
-GENERATOR_VERSION = 3  # 2: moles in mirror pairs (a flip shows the same person); 3: fewer drone and profile
-                       # training views, half the per-image colour jitter
+GENERATOR_VERSION = 4  # 2: moles in mirror pairs (a flip shows the same person); 3: fewer drone and profile
+                       # training views, half the per-image colour jitter; 4: the cfp_ff set (the others unchanged)
 
 # Independent random streams (SeedSequence([seed, stream, ...])): identities, train images, pair lists and val
 # images never share numbers, and each image depends on nothing but its own stream.

@@ -275,11 +275,16 @@ def data_ready(folder: Path) -> bool:
 
 
 def check_generated(folder: Path, generate: dict, source: str) -> None:
-    """A synthetic folder made with other parameters than the YAML's is refused (its numbers would not match)."""
+    """A synthetic folder made with other parameters than the YAML's, or by another version of the generator, is
+    refused (its numbers would not match)."""
     meta_path = folder / "meta_synthetic.json"
     if not meta_path.is_file():
         return
     meta = json.loads(meta_path.read_text())
+    from data.synthetic import GENERATOR_VERSION
+    if meta.get("version") != GENERATOR_VERSION:
+        raise UserError(f"{source}: {folder} was made by version {meta.get('version')} of data/synthetic.py, this "
+                        f"one is version {GENERATOR_VERSION} ({meta_path}); remove the folder to generate it anew")
     names = {"classes": "num_classes", "per_class": "per_class", "val_classes": "val_classes",
              "val_pairs": "val_pairs", "seed": "seed"}
     for key, meta_key in names.items():

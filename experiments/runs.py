@@ -27,6 +27,9 @@ RESULTS, PAIRS = "results.json", "pairs.npz"
 # settings that change how fast a run goes, not what it computes: a finished run is reused across them
 MACHINE_SETTINGS = ("num_workers", "num_threads", "device", "val_batch_size")
 OVERALL = "accuracy"
+# the collapse diagnostics of every log step (training/hooks.py), kept beside the val curves: the report's stability
+# figure shows whether the in-batch accuracy keeps rising, flattens or falls back to chance
+TRAIN_CURVES = ("train/accuracy", "train/target_angle_deg", "train/loss")
 
 
 @dataclass
@@ -76,16 +79,25 @@ def load_finished(run: Run) -> RunOutcome | None:
         raise UserError(f"{run.folder}: finished with other settings ({shown}); give another --out or remove it")
     with np.load(run.folder / PAIRS) as pairs:
         correct = {key: pairs[key].astype(bool) for key in pairs.files}
+    curves = {name: [tuple(p) for p in points] for name, points in document["curves"].items()}
+    if not any(tag in curves for tag in TRAIN_CURVES) and (run.folder / "log").is_dir():  # finished before these
+        curves.update(learning_curves(run.folder / "log", ()))                             # were recorded
     return RunOutcome(document["arm"], document["seed"], document["steps"], document["seconds"], document["sets"],
-                      {name: [tuple(p) for p in points] for name, points in document["curves"].items()}, correct)
+                      curves, correct)
 
 
 def learning_curves(log_dir: Path, set_names) -> dict:
-    """Val accuracy at every evaluation of the run, from its scalars.jsonl."""
+    """From the run's scalars.jsonl: each val set's accuracy at every evaluation (keyed by the set's name) and the
+    TRAIN_CURVES at every log step (keyed by their tag)."""
     from training.run_log import read_scalars
 
-    return {name: [(r["step"], float(r["value"])) for r in read_scalars(log_dir, f"val/{name}/accuracy")]
-            for name in set_names}
+    key_of = {f"val/{name}/accuracy": name for name in set_names} | {tag: tag for tag in TRAIN_CURVES}
+    curves = {name: [] for name in set_names}
+    for record in read_scalars(log_dir):
+        key = key_of.get(record["tag"])
+        if key is not None:
+            curves.setdefault(key, []).append((record["step"], float(record["value"])))
+    return curves
 
 
 def train_and_evaluate(run: Run, spec) -> RunOutcome:

@@ -21,7 +21,7 @@ from evaluation.breakdown_reports import _clean, save_figure
 from evaluation.breakdowns import ALPHA, mcnemar
 from evaluation.fold_scores import paired_comparison, wilcoxon_floor
 from experiments.plan import Comparison, Plan
-from experiments.runs import OVERALL, RunOutcome
+from experiments.runs import OVERALL, TRAIN_CURVES, RunOutcome
 from utils import atomic_write_text
 
 Outcomes = dict  # arm -> {seed -> RunOutcome}
@@ -102,7 +102,7 @@ def reading(row: dict) -> str:
 
 
 def curve_band(runs: list[RunOutcome], set_name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(steps evaluated in every run, mean, min, max of the val accuracy over the runs there)."""
+    """(steps in every run's curve `set_name` (a val set or a TRAIN_CURVES tag), mean, min, max over the runs there)."""
     per_run = [dict(o.curves.get(set_name, [])) for o in runs]
     steps = sorted(set.intersection(*(set(c) for c in per_run))) if per_run else []
     values = np.array([[c[s] for s in steps] for c in per_run]).reshape(len(per_run), len(steps))
@@ -230,6 +230,11 @@ def report_markdown(plan: Plan, meta: dict, summary: dict, outcomes: Outcomes, r
         parts.append(" ".join(f"![{kind} {name}]({figures[(kind, name)].name})" for kind in ("pose", "resolution",
                                                                                               "curves")
                               if (kind, name) in figures) + "\n")
+    if ("stability", "train") in figures:
+        parts.append("## Training stability\n\nThe collapse diagnostics of every log step, computed from the step's "
+                     "own forward pass before its update: a run that collapses shows the in-batch accuracy falling "
+                     "back to chance (1/C) while the target angle returns to about 90 degrees.\n\n"
+                     + stability_table(outcomes) + f"\n![stability]({figures[('stability', 'train')].name})\n")
     parts.append("## Paired comparisons\n\nB − A per seed on the same seeds, data and pairs; the paired t-test and "
                  "Wilcoxon signed-rank test over the seeds, the mean difference with its Student-t 95% CI, and "
                  f"McNemar's test on the pooled pairs. Significance level {ALPHA:g}, no correction for the number "
@@ -329,6 +334,45 @@ def curves_figure(outcomes: Outcomes, set_name: str):
     return _finish(figure, axes, "val accuracy: mean over seeds, band min-max", f"{set_name}: learning curves")
 
 
+def stability_figure(outcomes: Outcomes):
+    """The collapse diagnostics over the run: in-batch accuracy and mean target angle at every log step."""
+    figure = _figure(11, 4.0)
+    panels = (("train/accuracy", "in-batch accuracy (before the step's update)"),
+              ("train/target_angle_deg", "mean angle to the own class centre (deg)"))
+    for index, (tag, ylabel) in enumerate(panels, 1):
+        axes = figure.add_subplot(1, 2, index)
+        for arm, by_seed in outcomes.items():
+            steps, mean, low, high = curve_band(list(by_seed.values()), tag)
+            if len(steps):
+                line, = axes.plot(steps, mean, "-", lw=1.2, label=arm)
+                axes.fill_between(steps, low, high, color=line.get_color(), alpha=0.15)
+        axes.set_xlabel("step")
+        axes.set_ylabel(f"{ylabel}: mean over seeds, band min-max", fontsize=8)
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize=7)
+    figure.suptitle("training: in-batch accuracy and target angle at every log step")
+    figure.tight_layout()
+    return figure
+
+
+def stability_table(outcomes: Outcomes) -> str:
+    """Per arm, mean over seeds: the in-batch accuracy and target angle at a quarter, half and the end of the run."""
+    rows = []
+    for arm, by_seed in outcomes.items():
+        columns = []
+        for tag, digits in (("train/accuracy", 3), ("train/target_angle_deg", 1)):
+            steps, mean, _, _ = curve_band(list(by_seed.values()), tag)
+            if not len(steps):
+                break
+            picks = [int(np.searchsorted(steps, steps[-1] * f)) for f in (0.25, 0.5)] + [len(steps) - 1]
+            columns.append(" / ".join(f"{mean[i]:.{digits}f}" for i in picks))
+        if len(columns) == 2:
+            rows.append([arm, *columns])
+    if not rows:
+        return ""
+    return _table(["arm", "in-batch accuracy at 1/4, 1/2, end", "target angle (deg) at 1/4, 1/2, end"], rows)
+
+
 def _finish(figure, axes, ylabel: str, title: str):
     """The accuracy axes' common dress: label, the chance line, grid, legend, title."""
     axes.set_ylabel(ylabel)
@@ -351,6 +395,8 @@ def write_figures(summary: dict, outcomes: Outcomes, out_dir: Path) -> dict:
         for kind, (wanted, make) in makers.items():
             if wanted:
                 figures[(kind, name)] = save_figure(make(), out_dir / f"{kind}_{name}.png")
+    if any(tag in o.curves for by_seed in outcomes.values() for o in by_seed.values() for tag in TRAIN_CURVES):
+        figures[("stability", "train")] = save_figure(stability_figure(outcomes), out_dir / "stability.png")
     return figures
 
 

@@ -9,7 +9,7 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def train_data(tmp_path_factory) -> Path:
-    """A small prepared synthetic emore folder (10 identities x 8 images, pose.npy, three 40-pair val sets),
+    """A small prepared synthetic emore folder (10 identities x 8 images, pose.npy, four 40-pair val sets),
     made once per test session for the training tests."""
     from data.prepare_data import main as prepare
     from data.synthetic import generate

@@ -17,7 +17,7 @@ from tests.helpers import run_command
 from utils import UserError
 
 TINY_RECIPE = {"net_mode": "mobilefacenet", "embedding_size": 64, "batch_size": 8, "lr": 0.05, "schedule": "cosine",
-               "num_workers": 0, "num_threads": 1, "val_batch_size": 64, "val_flip": False}
+               "num_workers": 0, "num_threads": 1, "val_batch_size": 64, "val_flip": False, "log_every": 2}
 
 
 def tiny_config(tmp_path, data: dict, **profile) -> str:
@@ -45,7 +45,7 @@ def test_a_tiny_experiment_writes_its_report_and_reruns_skip_finished_runs(tmp_p
     out = tmp_path / "out" / "tiny"
     assert (tmp_path / "data" / "cfp_fp" / "pose.npy").is_file()  # generated and prepared from the YAML
     report = (out / "report.md").read_text()
-    for name in ("pose_cfp_fp", "resolution_cfp_fp", "curves_cfp_fp"):
+    for name in ("pose_cfp_fp", "resolution_cfp_fp", "curves_cfp_fp", "stability"):
         assert (out / f"{name}.png").stat().st_size > 1000
         assert f"({name}.png)" in report
     assert "Wilcoxon signed-rank test cannot reach p < 0.05" in report and "smallest two-sided p-value with 2" in report
@@ -55,6 +55,8 @@ def test_a_tiny_experiment_writes_its_report_and_reruns_skip_finished_runs(tmp_p
     assert set(results["runs"]) == {"arcface", "pgaml"} and set(results["runs"]["pgaml"]) == {"0", "1"}
     run = results["runs"]["arcface"]["0"]
     assert run["steps"] == 4 and [step for step, _ in run["curves"]["cfp_fp"]] == [2, 4]
+    assert [step for step, _ in run["curves"]["train/accuracy"]] == [2, 4]  # the log steps' diagnostics
+    assert len(run["curves"]["train/loss"]) == 4 and "## Training stability" in report
     assert [row["level"] for row in run["sets"]["cfp_fp"]["resolution"]] == ["res112", "res28"]
     assert {row["level"] for row in run["sets"]["cfp_fp"]["pose"]} >= {"frontal-profile"}
     summary = results["summary"]["arcface"]["cfp_fp"]["accuracy"]
@@ -70,10 +72,14 @@ def test_a_tiny_experiment_writes_its_report_and_reruns_skip_finished_runs(tmp_p
     trained = []
     real = runs.train_and_evaluate
     monkeypatch.setattr(runs, "train_and_evaluate", lambda run, spec: trained.append(run.label) or real(run, spec))
+    older = out / "runs" / "arcface" / "seed0" / "results.json"  # written before the train curves were kept
+    document = json.loads(older.read_text())
+    older.write_text(json.dumps({**document, "curves": {"cfp_fp": document["curves"]["cfp_fp"]}}))
     assert pgaml_vs_arcface.main(argv) == 0
     assert trained == []
     reread = json.loads((out / "results.json").read_text())  # the same report from the runs' files alone
     assert reread["comparisons"] == results["comparisons"] and reread["summary"] == results["summary"]
+    assert reread["runs"]["arcface"]["0"]["curves"] == run["curves"]  # read back from the run's log
     (out / "runs" / "pgaml" / "seed1" / "results.json").unlink()
     assert pgaml_vs_arcface.main(argv) == 0
     assert trained == ["pgaml/seed1"]
@@ -202,3 +208,11 @@ def test_data_generated_with_other_parameters_is_refused(tmp_path, train_data):
         ensure_data(plan)
     plan.generate["classes"] = 10
     assert ensure_data(plan)["num_images"] == 80  # the same parameters: the folder is used as it is
+    meta_path = train_data / "meta_synthetic.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "version": meta["version"] - 1}))
+    try:
+        with pytest.raises(UserError, match="made by version .* of data/synthetic.py"):
+            ensure_data(plan)
+    finally:
+        meta_path.write_text(json.dumps(meta))
