@@ -56,6 +56,19 @@ def summarise(outcomes: Outcomes) -> dict:
             for arm, by_seed in outcomes.items()}
 
 
+# CFP's two protocols pair the same people frontal-frontal and frontal-profile: their difference is what profile costs
+PROFILE_GAP_SETS = ("cfp_ff", "cfp_fp")
+
+
+def profile_gaps(outcomes: Outcomes) -> dict:
+    """arm -> seed_summary of (cfp_ff - cfp_fp accuracy) over the seeds that have both sets; {} without them."""
+    frontal, profile = PROFILE_GAP_SETS
+    return {arm: seed_summary([o.accuracy(frontal, OVERALL) - o.accuracy(profile, OVERALL) for o in by_seed.values()
+                               if frontal in o.sets and profile in o.sets])
+            for arm, by_seed in outcomes.items()
+            if any(frontal in o.sets and profile in o.sets for o in by_seed.values())}
+
+
 def compare_over_seeds(comparison: Comparison, baseline: dict, treatment: dict, set_name: str, metric: str) -> dict:
     """The paired tests of `treatment` (seed -> RunOutcome) against `baseline` on one set and metric."""
     seeds = [s for s in sorted(set(baseline) & set(treatment))
@@ -235,6 +248,11 @@ def report_markdown(plan: Plan, meta: dict, summary: dict, outcomes: Outcomes, r
                      "own forward pass before its update: a run that collapses shows the in-batch accuracy falling "
                      "back to chance (1/C) while the target angle returns to about 90 degrees.\n\n"
                      + stability_table(outcomes) + f"\n![stability]({figures[('stability', 'train')].name})\n")
+    gaps = profile_gaps(outcomes)
+    if gaps:
+        parts.append("## What profile costs\n\ncfp_ff minus cfp_fp accuracy, per seed (the same held-out people, "
+                     "frontal-frontal against frontal-profile pairs): mean ± std [min, max] over seeds.\n\n"
+                     + _table(["arm", "cfp_ff - cfp_fp"], [[arm, _cell(gap)] for arm, gap in gaps.items()]))
     parts.append("## Paired comparisons\n\nB − A per seed on the same seeds, data and pairs; the paired t-test and "
                  "Wilcoxon signed-rank test over the seeds, the mean difference with its Student-t 95% CI, and "
                  f"McNemar's test on the pooled pairs. Significance level {ALPHA:g}, no correction for the number "
@@ -420,7 +438,7 @@ def write_report(plan: Plan, meta: dict, outcomes: Outcomes, comparisons: list[C
                 "arms": {a.name: a.as_dict() for a in plan.arms},
                 "runs": {arm: {str(seed): {"steps": o.steps, "seconds": o.seconds, "sets": o.sets, "curves": o.curves}
                                for seed, o in by_seed.items()} for arm, by_seed in outcomes.items()},
-                "summary": summary, "comparisons": rows, "alpha": ALPHA}
+                "summary": summary, "profile_gap": profile_gaps(outcomes), "comparisons": rows, "alpha": ALPHA}
     written = [out_dir / "report.md", out_dir / "results.json"]
     atomic_write_text(written[1], json.dumps(_clean(document), indent=1) + "\n")
     atomic_write_text(written[0], report_markdown(plan, meta, summary, outcomes, rows, figures, command))

@@ -216,3 +216,14 @@ def test_data_generated_with_other_parameters_is_refused(tmp_path, train_data):
             ensure_data(plan)
     finally:
         meta_path.write_text(json.dumps(meta))
+
+
+def test_profile_gap_is_cfp_ff_minus_cfp_fp_per_seed():
+    from experiments.seeded_report import profile_gaps
+
+    def outcome(seed, ff, fp):
+        return RunOutcome("arcface", seed, 4, 1.0, {"cfp_ff": {"pairs": 4, "accuracy": ff},
+                                                    "cfp_fp": {"pairs": 4, "accuracy": fp}}, {}, {})
+    gaps = profile_gaps({"arcface": {0: outcome(0, 0.9, 0.7), 1: outcome(1, 0.85, 0.75)}})
+    assert gaps["arcface"]["values"] == pytest.approx([0.2, 0.1]) and gaps["arcface"]["mean"] == pytest.approx(0.15)
+    assert profile_gaps({"arcface": {0: _outcome("arcface", 0, 0.7, [1, 0])}}) == {}  # no cfp sets: no gap
