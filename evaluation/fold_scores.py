@@ -179,8 +179,10 @@ def paired_comparison(first: list[float], second: list[float], names: tuple[str,
     out["ci95"] = [out["mean"] - half_width, out["mean"] + half_width]
     if np.allclose(difference, 0):
         out["t_test_p"] = out["wilcoxon_p"] = 1.0
-    elif out["std"] == 0:  # the same non-zero difference every time: t is infinite, Wilcoxon still defined
-        out["t_test_p"] = 0.0
+    elif out["std"] < 1e-12:  # zero but for float rounding
+        # the same non-zero difference every time (on a small stratum, accuracy moves in steps of 1/pairs, so
+        # equal differences are no rarity): t = mean / 0 is undefined rather than proof, so no t-test p-value;
+        # the Wilcoxon test is still defined
         out["wilcoxon_p"] = float(stats.wilcoxon(b, a).pvalue)
     else:
         out["t_test_p"] = float(stats.ttest_rel(b, a).pvalue)
@@ -188,8 +190,10 @@ def paired_comparison(first: list[float], second: list[float], names: tuple[str,
     p = out["t_test_p"]
     verdict = "significant" if p is not None and p < SIGNIFICANCE else "NOT significant"
     out["significant"] = bool(p is not None and p < SIGNIFICANCE)
+    t_text = ("paired t-test undefined (the same difference in every one)" if p is None
+              else f"paired t-test p = {p:.3g}")
     out["statement"] = (f"{metric}: {names[1]} - {names[0]} = {out['mean']:+.4f} +- {out['std']:.4f} over {a.size} "
-                        f"{unit}; paired t-test p = {out['t_test_p']:.3g}, Wilcoxon p = {out['wilcoxon_p']:.3g}: {verdict} at "
+                        f"{unit}; {t_text}, Wilcoxon p = {out['wilcoxon_p']:.3g}: {verdict} at "
                         f"{SIGNIFICANCE}; 95% CI of the mean difference {out['ci95'][0]:+.4f} to {out['ci95'][1]:+.4f}")
     if wilcoxon_floor(a.size) >= SIGNIFICANCE:
         out["statement"] += (f" (with {a.size} {unit} the Wilcoxon test cannot reach p < 0.05: its smallest "

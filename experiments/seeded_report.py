@@ -108,7 +108,7 @@ def reading(row: dict) -> str:
     """The paired t-test's verdict in words (its 95% CI excludes 0 exactly when p < ALPHA)."""
     p = row.get("t_test_p")
     if p is None:
-        return "no test"
+        return "no t-test: the same difference on every seed" if (row.get("std") or 0) < 1e-12 and row.get("mean") else "no test"
     if p >= ALPHA:
         return "no significant difference"
     return f"{row['treatment'] if row['mean'] > 0 else row['baseline']} better (p < {ALPHA:g})"
@@ -355,8 +355,7 @@ def curves_figure(outcomes: Outcomes, set_name: str):
 def stability_figure(outcomes: Outcomes):
     """The collapse diagnostics over the run: in-batch accuracy and mean target angle at every log step."""
     figure = _figure(11, 4.0)
-    panels = (("train/accuracy", "in-batch accuracy (before the step's update)"),
-              ("train/target_angle_deg", "mean angle to the own class centre (deg)"))
+    panels = (("train/accuracy", "in-batch accuracy"), ("train/target_angle_deg", "angle to own centre (deg)"))
     for index, (tag, ylabel) in enumerate(panels, 1):
         axes = figure.add_subplot(1, 2, index)
         for arm, by_seed in outcomes.items():
@@ -365,10 +364,10 @@ def stability_figure(outcomes: Outcomes):
                 line, = axes.plot(steps, mean, "-", lw=1.2, label=arm)
                 axes.fill_between(steps, low, high, color=line.get_color(), alpha=0.15)
         axes.set_xlabel("step")
-        axes.set_ylabel(f"{ylabel}: mean over seeds, band min-max", fontsize=8)
+        axes.set_ylabel(ylabel)
         axes.grid(True, alpha=0.3)
         axes.legend(fontsize=7)
-    figure.suptitle("training: in-batch accuracy and target angle at every log step")
+    figure.suptitle("at every log step, before the step's update: mean over seeds, band min-max")
     figure.tight_layout()
     return figure
 

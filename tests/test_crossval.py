@@ -206,6 +206,10 @@ def test_paired_comparison_agrees_with_scipy():
     assert "cannot reach p < 0.05" in result["statement"]
     same = fold_scores.paired_comparison([0.5, 0.6], [0.5, 0.6], ("a", "b"), "rank1")
     assert same["t_test_p"] == 1.0 and "NOT significant" in same["statement"]
+    # one pair of 20 each time (accuracy moves in steps of 0.05): t = mean / 0 is no evidence, so no p-value
+    steps = fold_scores.paired_comparison([0.80, 0.75, 0.80], [0.75, 0.70, 0.75], ("a", "b"), "accuracy", "seeds")
+    assert steps["t_test_p"] is None and not steps["significant"] and steps["wilcoxon_p"] == pytest.approx(0.25)
+    assert "t-test undefined" in steps["statement"] and "NOT significant" in steps["statement"]
 
 
 def test_align_detect_aligns_real_faces_and_resizes_the_rest(tmp_path):
