@@ -143,6 +143,8 @@ def default_output_dir(given: Path | None, command: str, name: str) -> Path:
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    # matplotlib warns once per missing mathtext font (about 30 lines) and falls back to DejaVu Sans: harmless
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
 
 
 def seed_everything(seed: int) -> None:
