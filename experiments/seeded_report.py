@@ -63,10 +63,13 @@ PROFILE_GAP_SETS = ("cfp_ff", "cfp_fp")
 def profile_gaps(outcomes: Outcomes) -> dict:
     """arm -> seed_summary of (cfp_ff - cfp_fp accuracy) over the seeds that have both sets; {} without them."""
     frontal, profile = PROFILE_GAP_SETS
-    return {arm: seed_summary([o.accuracy(frontal, OVERALL) - o.accuracy(profile, OVERALL) for o in by_seed.values()
-                               if frontal in o.sets and profile in o.sets])
-            for arm, by_seed in outcomes.items()
-            if any(frontal in o.sets and profile in o.sets for o in by_seed.values())}
+    gaps = {}
+    for arm, by_seed in outcomes.items():
+        values = [o.accuracy(frontal, OVERALL) - o.accuracy(profile, OVERALL) for o in by_seed.values()
+                  if frontal in o.sets and profile in o.sets]
+        if values:
+            gaps[arm] = seed_summary(values)
+    return gaps
 
 
 def compare_over_seeds(comparison: Comparison, baseline: dict, treatment: dict, set_name: str, metric: str) -> dict:
@@ -107,8 +110,8 @@ def all_comparisons(comparisons: list[Comparison], outcomes: Outcomes) -> list[d
 def reading(row: dict) -> str:
     """The paired t-test's verdict in words (its 95% CI excludes 0 exactly when p < ALPHA)."""
     p = row.get("t_test_p")
-    if p is None:
-        return "no t-test: the same difference on every seed" if (row.get("std") or 0) < 1e-12 and row.get("mean") else "no test"
+    if p is None:  # with a Wilcoxon p but none for t, paired_comparison found no spread to test against
+        return "no t-test: the same difference on every seed" if row.get("wilcoxon_p") is not None else "no test"
     if p >= ALPHA:
         return "no significant difference"
     return f"{row['treatment'] if row['mean'] > 0 else row['baseline']} better (p < {ALPHA:g})"
@@ -210,7 +213,8 @@ def caveats(num_seeds: int) -> list[str]:
 
 
 def report_markdown(plan: Plan, meta: dict, summary: dict, outcomes: Outcomes, rows: list[dict], figures: dict,
-                    command: str) -> str:
+                    command: str, gaps: dict) -> str:
+    """The report; `gaps` is profile_gaps(outcomes)."""
     num_seeds = min((len(v) for v in outcomes.values()), default=0)
     epochs = plan.epochs(meta["num_images"])
     per_epoch = plan.steps_per_epoch(meta["num_images"])
@@ -248,7 +252,6 @@ def report_markdown(plan: Plan, meta: dict, summary: dict, outcomes: Outcomes, r
                      "own forward pass before its update: a run that collapses shows the in-batch accuracy falling "
                      "back to chance (1/C) while the target angle returns to about 90 degrees.\n\n"
                      + stability_table(outcomes) + f"\n![stability]({figures[('stability', 'train')].name})\n")
-    gaps = profile_gaps(outcomes)
     if gaps:
         parts.append("## What profile costs\n\ncfp_ff minus cfp_fp accuracy, per seed (the same held-out people, "
                      "frontal-frontal against frontal-profile pairs): mean ± std [min, max] over seeds.\n\n"
@@ -342,14 +345,18 @@ def resolution_figure(summary: dict, outcomes: Outcomes, set_name: str):
 def curves_figure(outcomes: Outcomes, set_name: str):
     figure = _figure(6.5, 4.2)
     axes = figure.add_subplot()
-    for arm, by_seed in outcomes.items():
-        steps, mean, low, high = curve_band(list(by_seed.values()), set_name)
-        if not len(steps):
-            continue
-        line, = axes.plot(steps, mean, "o-", ms=3, label=arm)
-        axes.fill_between(steps, low, high, color=line.get_color(), alpha=0.15)
+    _plot_bands(axes, outcomes, set_name, "o-", ms=3)
     axes.set_xlabel("step")
     return _finish(figure, axes, "val accuracy: mean over seeds, band min-max", f"{set_name}: learning curves")
+
+
+def _plot_bands(axes, outcomes: Outcomes, curve: str, style: str, **line_options) -> None:
+    """Each arm's curve over the steps: the mean over seeds as a line, the min-max band around it."""
+    for arm, by_seed in outcomes.items():
+        steps, mean, low, high = curve_band(list(by_seed.values()), curve)
+        if len(steps):
+            line, = axes.plot(steps, mean, style, label=arm, **line_options)
+            axes.fill_between(steps, low, high, color=line.get_color(), alpha=0.15)
 
 
 def stability_figure(outcomes: Outcomes):
@@ -358,11 +365,7 @@ def stability_figure(outcomes: Outcomes):
     panels = (("train/accuracy", "in-batch accuracy"), ("train/target_angle_deg", "angle to own centre (deg)"))
     for index, (tag, ylabel) in enumerate(panels, 1):
         axes = figure.add_subplot(1, 2, index)
-        for arm, by_seed in outcomes.items():
-            steps, mean, low, high = curve_band(list(by_seed.values()), tag)
-            if len(steps):
-                line, = axes.plot(steps, mean, "-", lw=1.2, label=arm)
-                axes.fill_between(steps, low, high, color=line.get_color(), alpha=0.15)
+        _plot_bands(axes, outcomes, tag, "-", lw=1.2)
         axes.set_xlabel("step")
         axes.set_ylabel(ylabel)
         axes.grid(True, alpha=0.3)
@@ -425,6 +428,7 @@ def write_report(plan: Plan, meta: dict, outcomes: Outcomes, comparisons: list[C
     out_dir = Path(out_dir)
     summary = summarise(outcomes)
     rows = all_comparisons(comparisons, outcomes)
+    gaps = profile_gaps(outcomes)
     figures = write_figures(summary, outcomes, out_dir)
     document = {"profile": plan.profile, "config_file": plan.source, "command": command,
                 "data": {"path": str(plan.data_path), "num_images": meta["num_images"],
@@ -437,8 +441,8 @@ def write_report(plan: Plan, meta: dict, outcomes: Outcomes, comparisons: list[C
                 "arms": {a.name: a.as_dict() for a in plan.arms},
                 "runs": {arm: {str(seed): {"steps": o.steps, "seconds": o.seconds, "sets": o.sets, "curves": o.curves}
                                for seed, o in by_seed.items()} for arm, by_seed in outcomes.items()},
-                "summary": summary, "profile_gap": profile_gaps(outcomes), "comparisons": rows, "alpha": ALPHA}
+                "summary": summary, "profile_gap": gaps, "comparisons": rows, "alpha": ALPHA}
     written = [out_dir / "report.md", out_dir / "results.json"]
     atomic_write_text(written[1], json.dumps(_clean(document), indent=1) + "\n")
-    atomic_write_text(written[0], report_markdown(plan, meta, summary, outcomes, rows, figures, command))
+    atomic_write_text(written[0], report_markdown(plan, meta, summary, outcomes, rows, figures, command, gaps))
     return written + list(figures.values())
