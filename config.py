@@ -18,6 +18,7 @@ from utils import UserError, atomic_write_text
 NET_MODES = ("ir_se", "ir", "mobilefacenet", "r50", "r100")
 SCHEDULES = ("step", "cosine", "poly")
 AMP_MODES = ("off", "fp16", "bf16")
+FUSED_SGD_MODES = ("auto", "on", "off")
 # TreB1eN's -d/--data_mode: the folder each of its data sets is prepared into (concat is not supported)
 DATA_MODES = {"emore": "data/faces_emore", "ms1m": "data/faces_ms1m", "vgg": "data/faces_vgg_112x112"}
 
@@ -87,6 +88,7 @@ class Config:
     amp: str = "off"
     channels_last: bool = False
     compile: bool = False
+    fused_sgd: str = "auto"               # torch's fused SGD kernel for the dense parameters (auto: on a GPU)
     # schedule of the run
     max_steps: int | None = None          # stop after this many steps; the LR schedule is unchanged
     log_every: int = 0                    # steps between logged scalars (0: ~100 per epoch, TreB1eN's rate)
@@ -113,6 +115,7 @@ class Config:
         _choice("net_mode", self.net_mode, NET_MODES)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("amp", self.amp, AMP_MODES)
+        _choice("fused_sgd", self.fused_sgd, FUSED_SGD_MODES)
         for name in ("batch_size", "epochs", "embedding_size", "depth", "keep_checkpoints", "max_nonfinite",
                      "val_batch_size"):
             if int(getattr(self, name)) < 1:

@@ -87,7 +87,7 @@ class Learner:
         self._buffers = list(self.backbone.buffers())
         self._buffer_backup = [b.clone() for b in self._buffers]
         self.optimizer = SGD(build.param_groups(self.backbone, self.head.kernel, config), lr=config.lr,
-                             momentum=config.momentum)
+                             momentum=config.momentum, fused=build.fused_sgd_for(config, self.device))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
         self.sampler = ResumableSampler(len(self.dataset), config.batch_size, self.dist.rank,
                                         self.dist.world_size, config.seed)

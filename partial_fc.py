@@ -546,7 +546,25 @@ class SGD(torch.optim.SGD):
     and `torch.optim.lr_scheduler` work unchanged; `torch.amp.GradScaler` unscales sparse gradients itself.
     The step that creates the buffer starts the touched rows from their gradient, as torch does; a row first
     touched later starts from zero momentum (the same thing unless dampening != 0).
+
+    `fused=True` runs the dense parameters through torch's fused kernel; the sparse rows are updated lazily
+    as above either way. The fused kernel would also take the GradScaler's scale and skip-flag itself, but
+    the lazy rows would never see them, so the scaler is told to unscale every gradient (sparse included)
+    and skip the whole step on inf/NaN, as it does for an unfused optimiser.
     """
+
+    def __init__(self, params, *args, **kwargs):
+        super().__init__(params, *args, **kwargs)
+        self._step_supports_amp_scaling = False
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Loads as torch does, but keeps this optimiser's own `fused` and `foreach`: they say how the step
+        runs on this device, not what the run learned (a run resumed on a GPU from a CPU checkpoint is
+        fused there)."""
+        implementation = [{key: group[key] for key in ("fused", "foreach")} for group in self.param_groups]
+        super().load_state_dict(state_dict)
+        for group, kept in zip(self.param_groups, implementation):
+            group.update(kept)
 
     def step(self, closure=None):
         loss = None
@@ -569,8 +587,8 @@ class SGD(torch.optim.SGD):
         return loss
 
     def _lazy_update(self, param: torch.Tensor, group: dict) -> None:
-        if group["fused"] or group["differentiable"]:
-            raise RuntimeError("partial_fc.SGD: fused and differentiable do not support sparse gradients")
+        if group["differentiable"]:
+            raise RuntimeError("partial_fc.SGD: differentiable does not support sparse gradients")
         rows, update = _sparse_rows(param.grad)
         if group["maximize"]:
             update = -update

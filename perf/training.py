@@ -4,11 +4,12 @@ device, batch and classes: images/s, peak memory, model FLOP utilisation, and (o
     python -m perf.training [--device auto] [--nets ir_se_50,r50,mobilefacenet] [--batches 128,256]
                             [--precisions fp32,bf16] [--heads arcface,pgaml] [--classes 85742]
                             [--pfc_classes 2000000] [--pfc_rate 0.1] [--steps 20] [--warmup 5] [--compile]
-                            [--baselines treb1en,arcface_torch] [--json FILE]
+                            [--fused_sgd auto] [--baselines treb1en,arcface_torch] [--json FILE]
 
   ours           the real trainer: a Learner (learner.py) over an in-memory set of JPEG faces decoded per item by
                  its DataLoader workers, channels_last, AMP at the given precision, Partial FC (all centres, or
-                 --pfc_rate of --pfc_classes), the hooks that log; its own step timings (data wait + compute)
+                 --pfc_rate of --pfc_classes), the hooks that log, torch's fused SGD on a GPU (--fused_sgd off: its
+                 per-parameter kernels, to measure what fusing buys); its own step timings (data wait + compute)
   treb1en        TreB1eN's loop as its code describes it: the same network, fp32, contiguous NCHW, input
                  normalised on the host and copied without pinning, a plain FC ArcFace over every class
                  (s=64, m=0.5), SGD momentum 0.9, weight decay 5e-4 except on BatchNorm
@@ -148,7 +149,7 @@ class _Timings:
 
 
 def ours(net: str, batch: int, precision: str, head: str, classes: int, sample_rate: float, steps: int,
-         warmup: int, device: torch.device, compile: bool) -> tuple[float, float]:
+         warmup: int, device: torch.device, compile: bool, fused_sgd: str = "auto") -> tuple[float, float]:
     """(images/s, data-wait fraction) of the Learner's own loop."""
     from learner import Learner
     from training.hooks import Checkpointing, Evaluation
@@ -159,6 +160,7 @@ def ours(net: str, batch: int, precision: str, head: str, classes: int, sample_r
         config = Config(data_path=work, work_path=work, net_mode=name, depth=depth, head=head,
                         sample_rate=sample_rate, batch_size=batch, epochs=1, lr=0.1,
                         amp="off" if precision == "fp32" else precision, channels_last=True, compile=compile,
+                        fused_sgd=fused_sgd,
                         max_steps=warmup + steps, val_sets="", device=str(device), log_every=10**9,
                         eval_every=10**9, save_every=10**9, use_height=head == "pgaml")
         timings = _Timings(warmup)
@@ -264,7 +266,7 @@ def measure(trainer: str, net: str, batch: int, precision: str, head: str, class
     wait = None
     if trainer == "ours":
         rate, wait = ours(net, batch, precision, head, classes, sample_rate, args.steps, args.warmup, device,
-                          args.compile)
+                          args.compile, args.fused_sgd)
     elif trainer == "treb1en":
         rate = treb1en(net, batch, classes, args.steps, args.warmup, device)
     else:
@@ -330,6 +332,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measure")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (cuDNN autotuning, compile)")
     parser.add_argument("--compile", action="store_true", help="ours: torch.compile the backbone")
+    parser.add_argument("--fused_sgd", default="auto", choices=("auto", "on", "off"),
+                        help="ours: torch's fused SGD for the dense parameters (auto: on a GPU)")
     parser.add_argument("--baselines", default="treb1en,arcface_torch", help="baseline loops to measure")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)

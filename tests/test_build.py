@@ -6,6 +6,7 @@ import torch
 
 from config import Config
 from training import build
+from utils import UserError
 
 
 @pytest.fixture
@@ -53,3 +54,13 @@ def test_the_config_wins(machine):
 def test_busy_cores_measures_the_machine_now():
     busy = build.busy_cores(0.05)
     assert 0.0 <= busy <= (build.os.cpu_count() or 1) + 1e-6
+
+
+def test_fused_sgd_is_on_for_a_gpu_or_when_asked_and_refused_where_torch_has_none():
+    assert build.fused_sgd_for(Config(), GPU) and not build.fused_sgd_for(Config(), CPU)
+    assert build.fused_sgd_for(Config(fused_sgd="on"), CPU)
+    assert not build.fused_sgd_for(Config(fused_sgd="off"), GPU)
+    with pytest.raises(UserError, match="--fused_sgd on: torch has no fused SGD for meta"):
+        build.fused_sgd_for(Config(fused_sgd="on"), torch.device("meta"))
+    with pytest.raises(UserError, match="fused_sgd"):
+        Config(fused_sgd="yes")

@@ -400,3 +400,14 @@ def test_fp16_with_clipping_steps_and_logs_the_true_gradient_norm(train_data, tm
     norms = [r["value"] for r in read_scalars(work / "log", "train/grad_norm")]
     # about 35 here: logged before unscaling it would be 256 times that
     assert len(norms) == 2 and all(1.0 < n < 1000 for n in norms)
+
+
+def test_fused_sgd_trains_as_the_unfused_optimiser(train_data, tmp_path):
+    runs = {}
+    for fused in ("off", "on"):
+        learner = Learner(small_config(train_data, tmp_path / fused, fused_sgd=fused, max_steps=2, save_every=0))
+        learner.train()
+        assert all(g["fused"] == (fused == "on") for g in learner.optimizer.param_groups)
+        runs[fused] = _parameters(learner)
+    for key, value in runs["on"].items():
+        torch.testing.assert_close(value, runs["off"][key], rtol=1e-5, atol=1e-6)
