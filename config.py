@@ -88,7 +88,7 @@ class Config:
     amp: str = "off"
     channels_last: bool = False
     compile: bool = False
-    fused_sgd: str = "auto"               # torch's fused SGD kernel for the dense parameters (auto: on a GPU)
+    fused_sgd: str = "auto"               # torch's fused SGD kernel for the dense parameters (auto: where torch has one)
     # schedule of the run
     max_steps: int | None = None          # stop after this many steps; the LR schedule is unchanged
     log_every: int = 0                    # steps between logged scalars (0: ~100 per epoch, TreB1eN's rate)

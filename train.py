@@ -94,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--amp", choices=AMP_MODES, help="mixed precision: fp16 (with a gradient scaler) or bf16")
     flag("--channels_last", action="store_true", help="channels-last memory format (faster on tensor cores)")
     flag("--compile", action="store_true", help="torch.compile the backbone")
-    flag("--fused_sgd", choices=FUSED_SGD_MODES, help="torch's fused SGD kernel for the backbone "
-         "(auto: on a GPU)")
+    flag("--fused_sgd", choices=FUSED_SGD_MODES, help="torch's fused SGD kernel for the dense parameters "
+         "(auto: wherever torch has one; off: torch's default SGD)")
     flag("--margin_warmup_steps", type=int, help="the margin ramps linearly from 0 to its value over the first N "
          "steps (0: off; not sphereface, whose lambda schedule does it)")
     flag("--clip_grad_norm", type=float, help="clip the backbone's gradient norm to this (0: off; the class centres "

@@ -5,9 +5,9 @@ the same run, the ratio, the target, and the machine.
 
 Each benchmark runs in its own process (`python -m perf.<name> ARGS`) with the arguments in `SUITE` (sized for a
 2-core CPU: about 20 minutes in all); its `RESULT` lines (`perf.report`) make the table, and its whole output goes
-below it. `--gpu` adds the GPU training measure (`perf.training` at emore's 85,742 classes, batch 128 / 256, fp32
-and bf16, Partial FC at 2M classes) and runs it on the CUDA device; without a GPU the file keeps that command for
-whoever has one. A benchmark that fails is reported as failed with its last output lines; the others still run.
+below it. `--gpu` runs the GPU training measure instead (`perf.training` at emore's 85,742 classes, batch 128 / 256,
+fp32 and bf16, Partial FC at 2M classes) and `perf.optimizer` on the CUDA device; without a GPU the file keeps that
+command for whoever has one. A benchmark that fails is reported as failed with its last output lines; the others still run.
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ SUITE = [
     ("pose", ["--crops", "256"]),
     ("facebank", ["--frames", "20", "--detector", "yunet"]),
     ("memory", []),
+    ("optimizer", []),
     ("training", ["--device", "cpu", "--nets", "mobilefacenet", "--batches", "32", "--classes", "1000",
                   "--precisions", "fp32", "--heads", "arcface,pgaml", "--steps", "3", "--warmup", "1",
                   "--pfc_classes", "100000", "--pfc_rate", "0.1"]),
@@ -44,6 +45,7 @@ SUITE = [
 GPU_TRAINING = ["--device", "cuda", "--nets", "ir_se_50,r50,mobilefacenet", "--batches", "128,256", "--precisions",
                 "fp32,bf16", "--heads", "arcface,pgaml", "--classes", "85742", "--pfc_classes", "2000000",
                 "--pfc_rate", "0.1", "--steps", "20", "--warmup", "5"]
+GPU_ARGS = {"training": GPU_TRAINING, "optimizer": ["--device", "cuda"]}  # what --gpu runs on the GPU instead
 
 
 def machine() -> str:
@@ -97,9 +99,10 @@ def report(runs: list[tuple[str, list[str], str, int, float]], gpu_ran: bool) ->
                   "IR-SE50, r50 and MobileFaceNet at batch 128 / 256, fp32 and bf16, ArcFace and PGAML at 85,742 "
                   "classes, Partial FC at 2M classes, peak memory, model FLOP utilisation and the data-wait "
                   "fraction, against a TreB1eN-style and an arcface_torch-style loop (targets 3x and 1.3x):", "",
-                  "```bash", "python -m perf.run_all --gpu --only training", "```", "",
+                  "```bash", "python -m perf.run_all --gpu --only training,optimizer", "```", "",
                   "or the measure alone:", "", "```bash", "python -m perf.training " + " ".join(GPU_TRAINING), "```",
-                  "", "Ours uses torch's fused SGD there; what fusing buys, IR-SE50 at batch 128 in bf16 without it:",
+                  "", "(`optimizer` adds the fused SGD step against torch's foreach one on the GPU.) Ours uses torch's "
+                  "fused SGD there; what fusing buys a whole training step, IR-SE50 at batch 128 in bf16 without it:",
                   "", "```bash", "python -m perf.training --device cuda --nets ir_se_50 --batches 128 --precisions bf16 "
                   "--heads arcface --fused_sgd off --baselines none --pfc_classes 0", "```"]
     lines += ["", "## Full output", ""]
@@ -113,11 +116,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="", help="comma-separated benchmarks to run (default: all)")
     parser.add_argument("--skip", default="", help="comma-separated benchmarks to leave out")
-    parser.add_argument("--gpu", action="store_true", help="run perf.training on the GPU at emore scale")
+    parser.add_argument("--gpu", action="store_true", help="run perf.training (at emore scale) and perf.optimizer "
+                        "on the GPU")
     parser.add_argument("--out", type=Path, default=ROOT / "perf" / "RESULTS.md", help="the results file")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds before one benchmark is stopped")
     args = parser.parse_args(argv)
-    suite = [(name, GPU_TRAINING if args.gpu and name == "training" else extra) for name, extra in SUITE]
+    suite = [(name, GPU_ARGS.get(name, extra) if args.gpu else extra) for name, extra in SUITE]
     known = {name for name, _ in suite}
     only, skip = set(filter(None, args.only.split(","))), set(filter(None, args.skip.split(",")))
     unknown = (only | skip) - known

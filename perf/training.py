@@ -8,8 +8,8 @@ device, batch and classes: images/s, peak memory, model FLOP utilisation, and (o
 
   ours           the real trainer: a Learner (learner.py) over an in-memory set of JPEG faces decoded per item by
                  its DataLoader workers, channels_last, AMP at the given precision, Partial FC (all centres, or
-                 --pfc_rate of --pfc_classes), the hooks that log, torch's fused SGD on a GPU (--fused_sgd off: its
-                 per-parameter kernels, to measure what fusing buys); its own step timings (data wait + compute)
+                 --pfc_rate of --pfc_classes), the hooks that log, torch's fused SGD (--fused_sgd off: torch's default,
+                 to measure what fusing buys); its own step timings (data wait + compute)
   treb1en        TreB1eN's loop as its code describes it: the same network, fp32, contiguous NCHW, input
                  normalised on the host and copied without pinning, a plain FC ArcFace over every class
                  (s=64, m=0.5), SGD momentum 0.9, weight decay 5e-4 except on BatchNorm
@@ -333,7 +333,7 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (cuDNN autotuning, compile)")
     parser.add_argument("--compile", action="store_true", help="ours: torch.compile the backbone")
     parser.add_argument("--fused_sgd", default="auto", choices=("auto", "on", "off"),
-                        help="ours: torch's fused SGD for the dense parameters (auto: on a GPU)")
+                        help="ours: torch's fused SGD for the dense parameters (auto: where torch has one)")
     parser.add_argument("--baselines", default="treb1en,arcface_torch", help="baseline loops to measure")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)

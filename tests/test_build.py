@@ -56,9 +56,9 @@ def test_busy_cores_measures_the_machine_now():
     assert 0.0 <= busy <= (build.os.cpu_count() or 1) + 1e-6
 
 
-def test_fused_sgd_is_on_for_a_gpu_or_when_asked_and_refused_where_torch_has_none():
-    assert build.fused_sgd_for(Config(), GPU) and not build.fused_sgd_for(Config(), CPU)
-    assert build.fused_sgd_for(Config(fused_sgd="on"), CPU)
+def test_fused_sgd_is_on_where_torch_has_it_unless_turned_off_and_refused_where_it_has_none():
+    assert build.fused_sgd_for(Config(), GPU) and build.fused_sgd_for(Config(), CPU)
+    assert not build.fused_sgd_for(Config(), torch.device("meta"))
     assert not build.fused_sgd_for(Config(fused_sgd="off"), GPU)
     with pytest.raises(UserError, match="--fused_sgd on: torch has no fused SGD for meta"):
         build.fused_sgd_for(Config(fused_sgd="on"), torch.device("meta"))

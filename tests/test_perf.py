@@ -61,6 +61,16 @@ def test_run_all_refuses_unknown_names(tmp_path):
     assert not (tmp_path / "r.md").exists()
 
 
+def test_optimizer_benchmark_times_fused_against_the_default_step(capsys):
+    from perf import optimizer
+
+    assert optimizer.main(["--device", "cpu", "--nets", "mobilefacenet", "--rounds", "1", "--steps", "1"]) == 0
+    printed = capsys.readouterr().out
+    line = json.loads(next(x for x in printed.splitlines() if x.startswith("RESULT "))[len("RESULT "):])
+    assert line["measure"] == "SGD step, mobilefacenet (cpu)" and line["baseline_name"] == "torch's per-tensor loop"
+    assert line["ours"] > 0 and line["baseline"] > 0 and "183 tensors" in printed
+
+
 def test_profile_step_reports_the_share_outside_operators(capsys):
     from perf import profile_step
 
