@@ -25,7 +25,7 @@ from utils import UserError, atomic_path, atomic_write_text
 log = logging.getLogger("experiments")
 RESULTS, PAIRS = "results.json", "pairs.npz"
 # settings that change how fast a run goes, not what it computes: a finished run is reused across them
-MACHINE_SETTINGS = ("num_workers", "num_threads", "device", "val_batch_size")
+MACHINE_SETTINGS = ("num_workers", "num_threads", "device", "val_batch_size", "fused_sgd")  # how, not what, it computes
 OVERALL = "accuracy"
 # the collapse diagnostics of every log step (training/hooks.py), kept beside the val curves: the report's stability
 # figure shows whether the in-batch accuracy keeps rising, flattens or falls back to chance

@@ -73,7 +73,8 @@ def test_a_tiny_experiment_writes_its_report_and_reruns_skip_finished_runs(tmp_p
     real = runs.train_and_evaluate
     monkeypatch.setattr(runs, "train_and_evaluate", lambda run, spec: trained.append(run.label) or real(run, spec))
     older = out / "runs" / "arcface" / "seed0" / "results.json"  # written before the train curves were kept
-    document = json.loads(older.read_text())
+    document = json.loads(older.read_text())                      # and before --fused_sgd existed
+    assert document["config"].pop("fused_sgd") == "auto"
     older.write_text(json.dumps({**document, "curves": {"cfp_fp": document["curves"]["cfp_fp"]}}))
     assert pgaml_vs_arcface.main(argv) == 0
     assert trained == []
