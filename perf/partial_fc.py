@@ -158,8 +158,8 @@ def main() -> int:
     print(verdict(f"speed-up {full} / {low}", speedup, TARGET_SPEEDUP))
     result(f"Partial FC step, {args.classes:,} classes, rate {low}", a["step"], b["step"], "s",
            f"sample rate {full}", TARGET_SPEEDUP, higher_is_better=False)
-    result("Partial FC per-step memory", max(a["per_step"], 1) / GIB, b["per_step"] / GIB, "GiB", f"sample rate {full}",
-           TARGET_MEMORY, higher_is_better=False)
+    result(f"Partial FC per-step memory, {args.classes:,} classes", max(a["per_step"], 1) / GIB, b["per_step"] / GIB,
+           "GiB", f"sample rate {full}", TARGET_MEMORY, higher_is_better=False)
     print(verdict(f"peak RSS ratio {full} / {low}, total", total, TARGET_MEMORY))
     print(verdict("  persistent (centres + momentum)", persistent, None))
     print(verdict("  per step (peak - persistent - torch)", per_step, TARGET_MEMORY))
