@@ -576,15 +576,29 @@ class SGD(torch.optim.SGD):
         grads = [p.grad for _, p in sparse]
         for _, p in sparse:
             p.grad = None  # the parent skips parameters without a gradient
+        # torch's fused kernel takes a group's momentum buffers all or none: a parameter whose first gradient comes
+        # after the others' (a backbone unfrozen after --freeze_backbone_epochs) makes it fail, so that one step of
+        # such a group runs unfused, exactly as torch's default would run it
+        unfused = [group for group in self.param_groups if group["fused"] and self._buffers_half_made(group)]
+        for group in unfused:
+            group["fused"] = False
         try:
             _dense_sgd_step(self)
         finally:
+            for group in unfused:
+                group["fused"] = True
             for (_, p), grad in zip(sparse, grads):
                 p.grad = grad
         with torch.no_grad():
             for group, p in sparse:
                 self._lazy_update(p, group)
         return loss
+
+    def _buffers_half_made(self, group: dict) -> bool:
+        if group["momentum"] == 0:
+            return False
+        made = {self.state[p].get("momentum_buffer") is not None for p in group["params"] if p.grad is not None}
+        return len(made) == 2
 
     def _lazy_update(self, param: torch.Tensor, group: dict) -> None:
         if group["differentiable"]:

@@ -81,7 +81,11 @@ def test_paired_identity_folds_from_one_pretrained_start(drone, tmp_path, monkey
     paired = results["paired"]["pgaml-arcface"]["rank1"]
     per_fold = [f["heads"]["pgaml"]["rank1"] - f["heads"]["arcface"]["rank1"] for f in results["folds"]]
     assert paired["per_fold"] == pytest.approx(per_fold) and paired["mean"] == pytest.approx(np.mean(per_fold))
-    assert "over 2 folds; paired t-test p = " in paired["statement"]
+    # 14 probes per fold: rank-1 moves in steps of 1/14, and which machine's kernels give two equal fold
+    # differences (no t-test then) is chance
+    equal_nonzero = np.ptp(per_fold) < 1e-12 and not np.allclose(per_fold, 0)
+    assert ("over 2 folds; paired t-test undefined" if equal_nonzero else "over 2 folds; paired t-test p = ") \
+        in paired["statement"]
     summary = results["summary"]["pgaml"]["rank1"]
     assert summary["mean"] == pytest.approx(np.mean([f["heads"]["pgaml"]["rank1"] for f in results["folds"]]))
     report = tmp_path / "report"

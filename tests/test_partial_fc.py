@@ -405,6 +405,24 @@ def test_fused_sgd_updates_dense_and_lazy_rows_as_unfused_and_skips_on_inf(scale
         assert all(torch.equal(p, b) for p, b in zip((*fused_net.parameters(), fused_head.kernel), before))
 
 
+def test_fused_sgd_steps_a_group_whose_parameters_start_at_different_steps():
+    """A frozen backbone's parameters get their first gradient after the centres': torch's fused kernel refuses a
+    group with some momentum buffers made and some not; that step runs unfused, and every step equals torch's."""
+    runs = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        early, late = nn.Parameter(torch.randn(5)), nn.Parameter(torch.randn(3))
+        optimizer = SGD([early, late], lr=0.1, momentum=0.9, weight_decay=1e-3, fused=fused)
+        for step in range(3):
+            early.grad = torch.full((5,), 0.5 + step)
+            late.grad = None if step == 0 else torch.full((3,), 1.0 - step)
+            optimizer.step()
+        assert optimizer.param_groups[0]["fused"] == fused
+        runs.append((early.detach().clone(), late.detach().clone()))
+    for mine, want in zip(runs[1], runs[0]):
+        torch.testing.assert_close(mine, want, rtol=0, atol=1e-7)
+
+
 def test_loaded_optimizer_state_keeps_the_optimisers_own_fused_setting():
     saved = _trainer_setup(True, momentum=0.9, fused=False)
     _train_step(*saved)
