@@ -4,7 +4,7 @@ the same run, the ratio, the target, and the machine.
     python -m perf.run_all [--only NAME,...] [--skip NAME,...] [--gpu] [--out perf/RESULTS.md] [--timeout 1800]
 
 Each benchmark runs in its own process (`python -m perf.<name> ARGS`) with the arguments in `SUITE` (sized for a
-2-core CPU: about 20 minutes in all); its `RESULT` lines (`perf.report`) make the table, and its whole output goes
+2-core CPU: about 5 minutes in all); its `RESULT` lines (`perf.report`) make the table, and its whole output goes
 below it. `--gpu` runs the GPU training measure instead (`perf.training` at emore's 85,742 classes, batch 128 / 256,
 fp32 and bf16, Partial FC at 2M classes) and `perf.optimizer` on the CUDA device; without a GPU the file keeps that
 command for whoever has one. A benchmark that fails is reported as failed with its last output lines; the others still run.

@@ -107,7 +107,7 @@ def with_backbone_lr_mult(groups: list[dict], kernel: nn.Parameter, mult: float,
 def fused_sgd_for(config: Config, device: torch.device) -> bool:
     """--fused_sgd: torch's fused SGD kernel for the dense parameters, on with auto wherever torch has one. It
     updates exactly as torch's default SGD (bit for bit on this CPU) in a third to a half of the time
-    (`python -m perf.optimizer`: 2.1x for MobileFaceNet, 3.2x for IR-SE50 on 2 CPU cores); on a GPU it
+    (`python -m perf.optimizer`: 2.6x for MobileFaceNet, 3.0x for IR-SE50 on 2 CPU cores); on a GPU it
     replaces the per-parameter kernel launches with a few."""
     from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
