@@ -174,10 +174,10 @@ def cpu_plan(config: Config, device: torch.device, local_world_size: int = 1) ->
     """Workers and threads from the cores actually available, unless the config fixes them.
 
     Workers: on a CPU device none: the training process decodes each batch itself between steps (~10k images/s
-    per core against a few hundred at most for training, under 1% of a step), while a worker process preempts
-    the intra-op threads, and every parallel region waits for its slowest thread: MobileFaceNet on 2 cores
-    trained at 32.5 img/s with one worker against 39.5 with none (the bare forward/backward loop: 39.2), with
-    identical losses. On a GPU half the cores, up to 8. Threads: on a CPU device the cores other jobs leave free
+    per core against a few hundred at most for training, under 1% of a step), while a worker process cost 18%:
+    MobileFaceNet on 2 cores trained at 32.5 img/s with one worker against 39.5 with none (the bare
+    forward/backward loop: 39.2), with identical losses. (The likely reason, not measured: the worker's wakeups
+    preempt an intra-op thread, and each parallel region waits for its slowest thread.) On a GPU half the cores, up to 8. Threads: on a CPU device the cores other jobs leave free
     (oversubscribed cores slow a step several times over), but with --deterministic the cores alone,
     since a thread count that followed the load would change the float results from run to run; on a GPU
     the cores the workers leave, up to 4 (the host only feeds the GPU)."""
