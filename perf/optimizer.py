@@ -18,13 +18,9 @@ import torch
 from inference.runtime import resolve_device
 from model import build_backbone
 from perf.report import result
+from perf.training import synchronise
 
 SGD_SETTINGS = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
-
-
-def synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def optimiser(net: str, device: torch.device, fused: bool) -> torch.optim.SGD:

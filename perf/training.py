@@ -6,9 +6,10 @@ device, batch and classes: images/s, peak memory, model FLOP utilisation, and (o
                             [--pfc_classes 2000000] [--pfc_rate 0.1] [--steps 20] [--warmup 5] [--compile]
                             [--fused_sgd auto] [--baselines treb1en,arcface_torch] [--json FILE]
 
-  ours           the real trainer: a Learner (learner.py) over an in-memory set of JPEG faces decoded per item by
-                 its DataLoader workers, channels_last, AMP at the given precision, Partial FC (all centres, or
-                 --pfc_rate of --pfc_classes), the hooks that log, torch's fused SGD (--fused_sgd off: torch's default,
+  ours           the real trainer: a Learner (learner.py) over an in-memory set of JPEG faces decoded per item
+                 (by DataLoader workers on a GPU, in the training process on a CPU: the Learner's defaults),
+                 channels_last, AMP at the given precision, Partial FC (all centres, or --pfc_rate of
+                 --pfc_classes), the hooks that log, torch's fused SGD (--fused_sgd off: torch's default,
                  to measure what fusing buys); its own step timings (data wait + compute)
   treb1en        TreB1eN's loop as its code describes it: the same network, fp32, contiguous NCHW, input
                  normalised on the host and copied without pinning, a plain FC ArcFace over every class
@@ -38,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from config import Config
+from config import FUSED_SGD_MODES, Config
 from data.images import decode_rgb, encode_jpeg
 from inference.runtime import AMP_DTYPES, resolve_device
 from model import build_backbone
@@ -332,7 +333,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measure")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (cuDNN autotuning, compile)")
     parser.add_argument("--compile", action="store_true", help="ours: torch.compile the backbone")
-    parser.add_argument("--fused_sgd", default="auto", choices=("auto", "on", "off"),
+    parser.add_argument("--fused_sgd", default="auto", choices=FUSED_SGD_MODES,
                         help="ours: torch's fused SGD for the dense parameters (auto: where torch has one)")
     parser.add_argument("--baselines", default="treb1en,arcface_torch", help="baseline loops to measure")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
