@@ -43,9 +43,9 @@ def parse_args(argv=None):
     parser.add_argument("-lr", "--lr", type=float, default=0.1, help="peak learning rate (default: %(default)s)")
     parser.add_argument("--weight_decay", type=float, default=WEIGHT_DECAY,
                         help="SGD weight decay (default: %(default)s, 10x TreB1eN's: it learns faster here)")
-    parser.add_argument("-w", "--num_workers", type=int, default=0,
-                        help="data loading processes (default: %(default)s: the training process decodes its batches, "
-                             "1.2x faster on 2 cores than with one worker)")
+    parser.add_argument("-w", "--num_workers", type=int, default=None,
+                        help="data loading processes (default: train.py's: none on a CPU, where the training process "
+                             "decoding its batches is 1.2x faster on 2 cores than one worker)")
     parser.add_argument("--max_steps", type=int, default=None, help="stop each run early (smoke tests)")
     parser.add_argument("--seed", type=int, default=0, help="shared seed of both runs (default: %(default)s)")
     parser.add_argument("--resolutions", default=DEFAULT_RESOLUTIONS,
