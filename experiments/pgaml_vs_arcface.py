@@ -41,6 +41,9 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", default=None, metavar="S[,S]", help="these seeds instead of the profile's")
     parser.add_argument("--max_steps", type=int, default=None,
                         help="stop every run at this step, the schedule unchanged (smoke tests; the report says so)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="runs trained at a time, each in its own process with the recipe's num_threads, its "
+                             "output in <out>/runs/<arm>/seed<k>.log (default: the profile's jobs, else 1)")
     parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                         help="print the plan (arms x seeds, steps, images) and what is already done; train nothing")
     return parser.parse_args(argv)
@@ -84,7 +87,8 @@ def describe_plan(plan, runs, finished: set[str], num_images: int) -> str:
                                          else "")
              + f" = {epochs} epoch(s) of {per_epoch} steps for the schedule; LR at the last step {lr_end:.3g}",
              f"arms x seeds: {len(plan.arms)} x {len(plan.seeds)} = {len(runs)} runs ({len(runs) - len(todo)} "
-             f"finished, {len(todo)} to train), seeds {plan.seeds}"]
+             f"finished, {len(todo)} to train), seeds {plan.seeds}, "
+             + (f"{plan.jobs} at a time, each in its own process" if plan.jobs > 1 else "one at a time")]
     lines += [f"  {arm.name}: {arm.describe()}" for arm in plan.arms]
     lines += [f"images: {last} steps x batch {plan.batch_size} = {images} per run, {images * len(runs)} in all, "
               f"{images * len(todo)} still to train",
@@ -110,11 +114,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging(logging.INFO)
     from experiments.plan import comparisons, ensure_data, load_plan, planned_images
-    from experiments.runs import load_finished, train_and_evaluate
+    from experiments.runs import load_finished, train_runs
     from experiments.seeded_report import write_report
 
     plan = load_plan(args.config, args.profile, args.out, _names(args.only, "--only"), _seeds(args.seeds),
-                     args.max_steps)
+                     args.max_steps, args.jobs)
     if args.dry_run:
         num_images = planned_images(plan)
         if num_images is None:
@@ -128,13 +132,14 @@ def main(argv=None) -> int:
     _warn(plan, meta["num_images"])
     runs = plan.runs(meta["num_images"])
     outcomes = {run.label: load_finished(run) for run in runs}  # every settings mismatch fails before training
-    for index, run in enumerate(runs, 1):
+    todo = [run for run in runs if outcomes[run.label] is None]
+    for run in runs:
         if outcomes[run.label] is not None:
-            log.info("[%d/%d] %s: finished before (%s), not trained again", index, len(runs), run.label,
-                     run.folder / "results.json")
-            continue
-        log.info("[%d/%d] %s: training %s, seed %d", index, len(runs), run.label, run.arm.describe(), run.seed)
-        outcomes[run.label] = train_and_evaluate(run, plan.spec)
+            log.info("%s: finished before (%s), not trained again", run.label, run.folder / "results.json")
+    for index, (run, outcome) in enumerate(train_runs(todo, plan.spec, plan.jobs), 1):
+        outcomes[run.label] = outcome
+        accuracies = ", ".join(f"{name} {entry['accuracy']:.3f}" for name, entry in outcome.sets.items())
+        log.info("[%d/%d] %s: finished in %.0f s: %s", index, len(todo), run.label, outcome.seconds, accuracies)
     by_arm = {arm.name: {} for arm in plan.arms}
     for run in runs:
         by_arm[run.arm.name][run.seed] = outcomes[run.label]

@@ -20,7 +20,7 @@ from evaluation.strata import DEFAULT_YAW_EDGES
 from utils import UserError
 
 TOP_KEYS = ("description", "out", "arms", "evaluation", "profiles")
-PROFILE_KEYS = ("description", "data", "recipe", "margin", "steps", "seeds", "arms", "evaluation")
+PROFILE_KEYS = ("description", "data", "recipe", "margin", "steps", "seeds", "arms", "evaluation", "jobs")
 ARM_KEYS = ("head", "head_options", "use_height", "pose_schedule")
 DATA_KEYS = ("path", "generate")
 GENERATE_KEYS = ("classes", "per_class", "val_classes", "val_pairs", "seed", "workers")
@@ -86,6 +86,7 @@ class Plan:
     val_sets: str
     eval_every: int
     max_steps: int | None = None  # --max_steps: every run stops there (smoke tests); the schedule is unchanged
+    jobs: int = 1                 # runs trained at a time, each in its own process (how, not what, it computes)
     settings: dict = field(default_factory=dict)  # the profile as read, for results.json
 
     @property
@@ -220,7 +221,7 @@ def read_data(values, where: str) -> tuple[Path, dict | None]:
 
 
 def load_plan(path: str | Path, profile: str, out: str | Path | None = None, only: list[str] | None = None,
-              seeds: list[int] | None = None, max_steps: int | None = None) -> Plan:
+              seeds: list[int] | None = None, max_steps: int | None = None, jobs: int | None = None) -> Plan:
     """The plan of `profile` in the YAML at `path`, with the command line's overrides."""
     source = str(path)
     settings = read_settings(path)
@@ -253,6 +254,7 @@ def load_plan(path: str | Path, profile: str, out: str | Path | None = None, onl
     steps = _int(chosen["steps"], f"{where}.steps", 1)
     if max_steps is not None:
         _int(max_steps, "--max_steps", 1)
+    jobs = _int(jobs, "--jobs", 1) if jobs is not None else _int(chosen.get("jobs", 1), f"{where}.jobs", 1)
     shared = _mapping(settings.get("evaluation"), f"{source}: evaluation", EVALUATION_KEYS)
     evaluation = {**EVALUATION_DEFAULTS, **shared, **_mapping(chosen.get("evaluation"), f"{where}.evaluation",
                                                               EVALUATION_KEYS)}
@@ -264,7 +266,7 @@ def load_plan(path: str | Path, profile: str, out: str | Path | None = None, onl
     return Plan(source=source, profile=profile, out=out_dir, data_path=data_path, generate=generate,
                 recipe=read_recipe(chosen["recipe"], f"{where}.recipe"), steps=steps, seeds=list(seeds), arms=arms,
                 spec=read_spec(evaluation, f"{where}.evaluation"), val_sets=evaluation["val_sets"],
-                eval_every=eval_every, max_steps=max_steps, settings=chosen)
+                eval_every=eval_every, max_steps=max_steps, jobs=jobs, settings=chosen)
 
 
 # ------------------------------------------------------------------------------------------ data

@@ -11,8 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing
+import os
 import shutil
+import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +24,7 @@ import numpy as np
 
 from evaluation.breakdown_reports import _clean  # JSON-ready: NaN -> null, NumPy -> Python
 from experiments.plan import Run
-from utils import UserError, atomic_path, atomic_write_text
+from utils import UserError, atomic_path, atomic_write_text, setup_logging
 
 log = logging.getLogger("experiments")
 RESULTS, PAIRS = "results.json", "pairs.npz"
@@ -148,3 +152,53 @@ def save_outcome(run: Run, outcome: RunOutcome) -> None:
                 "curves": outcome.curves}
     atomic_write_text(run.folder / RESULTS, json.dumps(_clean(document), indent=1) + "\n")  # last: the run is done
 
+
+
+def console_log(run: Run) -> Path:
+    """Where a run trained in its own process (jobs > 1) writes its console output: beside its folder, which a
+    restart clears."""
+    return run.folder.parent / f"{run.folder.name}.log"
+
+
+def train_runs(runs: list[Run], spec, jobs: int = 1):
+    """Train and evaluate `runs`, `jobs` at a time; yields (run, outcome) as each one finishes.
+
+    jobs 1: one after another in this process, printing to the console. jobs > 1: each run in a fresh spawned
+    process (its own torch threads, the recipe's num_threads), its console output in console_log(run). A run
+    computes the same numbers either way: the Learner seeds everything from the run's seed. The first run that
+    fails stops the others."""
+    if jobs <= 1 or len(runs) <= 1:
+        for index, run in enumerate(runs, 1):
+            log.info("[%d/%d] %s: training %s, seed %d", index, len(runs), run.label, run.arm.describe(), run.seed)
+            yield run, train_and_evaluate(run, spec)
+        return
+    log.info("training %d runs, %d at a time, each in its own process; each one's output goes to %s", len(runs),
+             min(jobs, len(runs)), console_log(runs[0]).parent.parent / "<arm>" / "seed<k>.log")
+    pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(runs)), maxtasksperchild=1)
+    try:
+        yield from pool.imap_unordered(_train_in_own_process, [(run, spec) for run in runs])
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _train_in_own_process(task) -> tuple[Run, RunOutcome]:
+    run, spec = task
+    path = console_log(run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as stream:
+        sys.stdout.flush(), sys.stderr.flush()
+        os.dup2(stream.fileno(), 1)  # the file descriptors, so that tqdm and native code write there too
+        os.dup2(stream.fileno(), 2)
+        setup_logging(logging.INFO)
+        try:
+            return run, train_and_evaluate(run, spec)
+        except UserError as error:
+            print(f"error: {error}", file=sys.stderr)
+            named = str(error) if str(error).startswith(run.label) else f"{run.label}: {error}"
+            raise UserError(f"{named} (its output: {path})") from None
+        except BaseException:
+            traceback.print_exc()
+            raise
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()

@@ -68,6 +68,17 @@ def test_a_tiny_experiment_writes_its_report_and_reruns_skip_finished_runs(tmp_p
     assert overall[0]["per_seed"] == pytest.approx(np.subtract(pgaml, arcface))
     assert {r["metric"] for r in results["comparisons"]} >= {"pose/frontal-profile", "res28"}
 
+    # two runs at a time, each in its own process, compute the same numbers and keep each run's output in a log
+    parallel = tmp_path / "parallel"
+    assert pgaml_vs_arcface.main(argv + ["--jobs", "2", "--out", str(parallel)]) == 0
+    twin = json.loads((parallel / "results.json").read_text())
+    for arm, seeds in results["runs"].items():
+        for seed, outcome in seeds.items():
+            assert twin["runs"][arm][seed]["sets"] == outcome["sets"]
+            assert twin["runs"][arm][seed]["curves"] == outcome["curves"]
+    assert twin["comparisons"] == results["comparisons"]
+    assert "step 4 cfp_fp: accuracy" in (parallel / "runs" / "pgaml" / "seed1.log").read_text()
+
     # rerun: nothing is trained again; an unfinished run (no results.json) is trained again from scratch
     trained = []
     real = runs.train_and_evaluate
@@ -189,11 +200,24 @@ def test_the_command_exits_2_with_one_line_on_a_bad_key(tmp_path, train_data):
     assert "profiles.tiny.stepz: unknown key" in result.stderr
 
 
+def test_a_run_that_fails_in_its_own_process_is_one_error_naming_it(tmp_path, train_data):
+    path = tiny_config(tmp_path, {"path": str(train_data)}, evaluation={"val_sets": "no_such_set"})
+    result = run_command("experiments/pgaml_vs_arcface.py", "--config", path, "--profile", "tiny", "--jobs", "2")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert [line.startswith("error") for line in lines].count(True) == 1, result.stderr
+    error = lines[-1]
+    assert error.startswith("error: arcface/seed") and "no_such_set not found" in error and ".log)" in error
+    log_path = error[error.index("(its output: ") + 13:-1]
+    assert "no_such_set not found" in open(log_path).read()
+
+
 def test_the_shipped_yaml_plans_both_profiles():
     cpu = load_plan("experiments/pgaml_vs_arcface.yaml", "cpu")
     gpu = load_plan("experiments/pgaml_vs_arcface.yaml", "gpu")
     assert [a.name for a in cpu.arms] == ["arcface", "pgaml_m2_0.2", "pgaml_m2_0.4"] and cpu.seeds == [0, 1, 2]
-    assert cpu.steps == 279 and cpu.recipe["net_mode"] == "mobilefacenet" and cpu.batch_size == 32
+    assert cpu.steps == 372 and cpu.recipe["net_mode"] == "mobilefacenet" and cpu.batch_size == 32
+    assert cpu.jobs == 2 and cpu.recipe["num_threads"] == 1 and gpu.jobs == 1  # 2 x 1 thread fills 2 cores
     assert len(gpu.arms) == 9 and len(gpu.seeds) >= 3 and gpu.batch_size == 256
     kinds = [c.kind for c in comparisons(gpu.arms)]
     assert (kinds.count("pgaml vs arcface"), kinds.count("height term"), kinds.count("pose schedule")) == (8, 4, 4)
