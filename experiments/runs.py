@@ -14,6 +14,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -175,11 +176,17 @@ def train_runs(runs: list[Run], spec, jobs: int = 1):
     log.info("training %d runs, %d at a time, each in its own process; each one's output goes to %s", len(runs),
              min(jobs, len(runs)), console_log(runs[0]).parent.parent / "<arm>" / "seed<k>.log")
     pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(runs)), maxtasksperchild=1)
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)  # killed, this process still stops its runs
     try:
         yield from pool.imap_unordered(_train_in_own_process, [(run, spec) for run in runs])
     finally:
-        pool.terminate()
+        signal.signal(signal.SIGTERM, previous)
+        pool.terminate()  # SIGTERM to the runs still training: each stops after its step (and restarts next time)
         pool.join()
+
+
+def _stop_on_sigterm(signum, frame):
+    raise UserError("stopped by SIGTERM; run the command again to train the unfinished runs")
 
 
 def _train_in_own_process(task) -> tuple[Run, RunOutcome]:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -210,6 +215,31 @@ def test_a_run_that_fails_in_its_own_process_is_one_error_naming_it(tmp_path, tr
     assert error.startswith("error: arcface/seed") and "no_such_set not found" in error and ".log)" in error
     log_path = error[error.index("(its output: ") + 13:-1]
     assert "no_such_set not found" in open(log_path).read()
+
+
+def test_sigterm_to_the_command_stops_the_runs_in_their_own_processes(tmp_path, train_data):
+    """`kill <pid>` of the command (not of its process group): the runs training in their processes stop too."""
+    from training.run_log import read_scalars
+
+    path = tiny_config(tmp_path, {"path": str(train_data)}, steps=400)
+    process = subprocess.Popen([sys.executable, "experiments/pgaml_vs_arcface.py", "--config", path, "--profile",
+                                "tiny", "--jobs", "2"], cwd=Path(__file__).resolve().parent.parent,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    runs_dir = tmp_path / "out" / "tiny" / "runs"
+    deadline = time.monotonic() + 240
+    while not all((runs_dir / "arcface" / seed / "log").is_dir()
+                  and any(read_scalars(runs_dir / "arcface" / seed / "log", "train/loss")) for seed in ("seed0", "seed1")):
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline, "the runs did not start"
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 2
+    stderr = process.stderr.read()
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("error: "), stderr
+    assert "stopped by SIGTERM" in stderr
+    for seed in ("seed0", "seed1"):
+        assert "stopped by SIGTERM at step" in (runs_dir / "arcface" / f"{seed}.log").read_text()
+        assert not (runs_dir / "arcface" / seed / "results.json").exists()
 
 
 def test_the_shipped_yaml_plans_both_profiles():
