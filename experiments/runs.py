@@ -154,7 +154,6 @@ def save_outcome(run: Run, outcome: RunOutcome) -> None:
     atomic_write_text(run.folder / RESULTS, json.dumps(_clean(document), indent=1) + "\n")  # last: the run is done
 
 
-
 def console_log(run: Run) -> Path:
     """Where a run trained in its own process (jobs > 1) writes its console output: beside its folder, which a
     restart clears."""
@@ -165,9 +164,10 @@ def train_runs(runs: list[Run], spec, jobs: int = 1):
     """Train and evaluate `runs`, `jobs` at a time; yields (run, outcome) as each one finishes.
 
     jobs 1: one after another in this process, printing to the console. jobs > 1: each run in a fresh spawned
-    process (its own torch threads, the recipe's num_threads), its console output in console_log(run). A run
-    computes the same numbers either way: the Learner seeds everything from the run's seed. The first run that
-    fails stops the others."""
+    process (its own torch threads, the recipe's num_threads), its console output in console_log(run). With the
+    recipe's num_threads fixed a run computes the same numbers either way (the Learner seeds everything from the
+    run's seed; CPU kernels sum in another order with another thread count). The first run that fails stops the
+    others."""
     if jobs <= 1 or len(runs) <= 1:
         for index, run in enumerate(runs, 1):
             log.info("[%d/%d] %s: training %s, seed %d", index, len(runs), run.label, run.arm.describe(), run.seed)
@@ -194,7 +194,8 @@ def _train_in_own_process(task) -> tuple[Run, RunOutcome]:
     path = console_log(run)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as stream:
-        sys.stdout.flush(), sys.stderr.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
         os.dup2(stream.fileno(), 1)  # the file descriptors, so that tqdm and native code write there too
         os.dup2(stream.fileno(), 2)
         setup_logging(logging.INFO)
@@ -208,4 +209,5 @@ def _train_in_own_process(task) -> tuple[Run, RunOutcome]:
             traceback.print_exc()
             raise
         finally:
-            sys.stdout.flush(), sys.stderr.flush()
+            sys.stdout.flush()
+            sys.stderr.flush()
