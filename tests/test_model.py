@@ -273,3 +273,54 @@ def test_full_network_forward_backward_under_bf16_autocast(name):
     torch.testing.assert_close(embedding.norm(dim=1), torch.ones(2))
     (embedding[:, :8].sum() + 0.01 * norm.sum()).backward()
     assert_trainable_grads_finite(model)
+
+
+# ----------------------------------------------------------------------------- PReLU's CPU backward
+
+@pytest.mark.parametrize("shape,parameters,channels_last", [
+    ((4, 8, 6, 6), 8, True), ((4, 8, 6, 6), 8, False), ((4, 8, 6, 6), 1, False), ((5, 8), 8, False)])
+def test_prelu_backward_is_torchs_to_the_bit(shape, parameters, channels_last):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=generator)
+    x[0, 0] = 0.0  # the x == 0 edge: the slope's side, as torch's
+    grad = torch.randn(shape, generator=generator)
+    if channels_last:  # and the gradient too, as in a channels_last network
+        x, grad = (t.contiguous(memory_format=torch.channels_last) for t in (x, grad))
+    ours, reference = M.PReLU(parameters), nn.PReLU(parameters)
+    with torch.no_grad():
+        ours.weight.uniform_(-0.5, 0.5, generator=generator)
+        reference.weight.copy_(ours.weight)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), reference(xb)
+    assert "_PReLUFunction" in type(ya.grad_fn).__name__  # our backward is the one under test
+    ya.backward(grad)
+    yb.backward(grad)
+    assert torch.equal(ya, yb)
+    assert torch.equal(xa.grad, xb.grad) and torch.equal(ours.weight.grad, reference.weight.grad)
+
+
+def test_prelu_falls_back_to_torchs_where_its_backward_is_not_needed_or_not_ours():
+    layer, x = M.PReLU(3), torch.randn(2, 3, 4, 4, requires_grad=True)
+    with torch.no_grad():
+        assert layer(x).grad_fn is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert "_PReLUFunction" not in type(layer(x.bfloat16()).grad_fn).__name__
+    assert isinstance(layer, nn.PReLU) and list(layer.state_dict()) == ["weight"]  # TreB1eN's key
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_a_training_step_with_our_prelu_gives_torchs_gradients(channels_last):
+    torch.manual_seed(0)
+    ours = build_backbone("mobilefacenet", embedding_size=16)
+    reference = build_backbone("mobilefacenet", embedding_size=16)
+    reference.load_state_dict(ours.state_dict())
+    for module in reference.modules():
+        if isinstance(module, M.PReLU):
+            module.__class__ = nn.PReLU  # torch's forward and backward
+    x = torch.randn(3, 3, 112, 112)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    for network in (ours, reference):
+        network.to(memory_format=memory_format).train()
+        network(x.contiguous(memory_format=memory_format)).sum().backward()
+    for (name, a), b in zip(ours.named_parameters(), reference.parameters()):
+        assert torch.equal(a.grad, b.grad), name
