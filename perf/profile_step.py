@@ -2,7 +2,7 @@
 and the share spent outside any operator (Python: the loop, hooks, the optimiser's bookkeeping).
 
     python -m perf.profile_step [--net mobilefacenet] [--batch 32] [--classes 1000] [--head arcface]
-                                [--steps 6] [--warmup 2] [--top 15] [--trace FILE.json]
+                                [--steps 6] [--warmup 2] [--threads N] [--top 15] [--trace FILE.json]
 
 The steps run as `perf.training` runs ours (in-memory JPEG faces decoded by the DataLoader, the logging hook);
 `--trace` writes a Chrome trace (chrome://tracing, Perfetto) of the profiled steps.
@@ -52,6 +52,8 @@ def main(argv=None) -> int:
     parser.add_argument("--head", default="arcface", help="margin head")
     parser.add_argument("--steps", type=int, default=6, help="profiled steps")
     parser.add_argument("--warmup", type=int, default=2, help="steps before profiling")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: the Learner's choice from the free cores)")
     parser.add_argument("--top", type=int, default=15, help="operators listed")
     parser.add_argument("--trace", default=None, help="write a Chrome trace of the profiled steps here")
     args = parser.parse_args(argv)
@@ -60,7 +62,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as work:
         config = Config(data_path=work, work_path=work, net_mode=args.net, head=args.head, batch_size=args.batch,
                         epochs=1, lr=0.1, max_steps=args.warmup + args.steps, val_sets="", device="cpu",
-                        channels_last=True, log_every=10**9, eval_every=10**9, save_every=10**9)
+                        channels_last=True, num_threads=args.threads, log_every=10**9, eval_every=10**9, save_every=10**9)
         hook = _Profiled(args.warmup, profiler)
         learner = Learner(config, dataset=JpegFaces(args.batch * (args.warmup + args.steps + 1), args.classes),
                           val_sets=[], hooks=(hook,))
