@@ -62,7 +62,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as work:
         config = Config(data_path=work, work_path=work, net_mode=args.net, head=args.head, batch_size=args.batch,
                         epochs=1, lr=0.1, max_steps=args.warmup + args.steps, val_sets="", device="cpu",
-                        channels_last=True, num_threads=args.threads, log_every=10**9, eval_every=10**9, save_every=10**9)
+                        channels_last=True, num_threads=args.threads, log_every=10**9, eval_every=10**9,
+                        save_every=10**9)
         hook = _Profiled(args.warmup, profiler)
         learner = Learner(config, dataset=JpegFaces(args.batch * (args.warmup + args.steps + 1), args.classes),
                           val_sets=[], hooks=(hook,))

@@ -11,12 +11,13 @@ device, batch and classes: images/s, peak memory, model FLOP utilisation, and (o
                  channels_last, AMP at the given precision, Partial FC (all centres, or --pfc_rate of
                  --pfc_classes), the hooks that log, torch's fused SGD (--fused_sgd off: torch's default,
                  to measure what fusing buys); its own step timings (data wait + compute)
-  treb1en        TreB1eN's loop as its code describes it: the same network (with torch's nn.PReLU), fp32, contiguous NCHW, input
-                 normalised on the host and copied without pinning, a plain FC ArcFace over every class
-                 (s=64, m=0.5), SGD momentum 0.9, weight decay 5e-4 except on BatchNorm
-  arcface_torch  arcface_torch's loop as its documentation describes it: the same network (torch's PReLU), fp16 autocast with a
-                 GradScaler, Partial FC v2 (positives + uniformly sampled negatives up to the sample rate,
-                 normalised in fp16, margin and softmax in fp32), SGD lr 0.1 momentum 0.9 weight decay 5e-4
+  treb1en        TreB1eN's loop as its code describes it: the same network (with torch's nn.PReLU), fp32,
+                 contiguous NCHW, input normalised on the host and copied without pinning, a plain FC ArcFace
+                 over every class (s=64, m=0.5), SGD momentum 0.9, weight decay 5e-4 except on BatchNorm
+  arcface_torch  arcface_torch's loop as its documentation describes it: the same network (torch's PReLU),
+                 fp16 autocast with a GradScaler, Partial FC v2 (positives + uniformly sampled negatives up to
+                 the sample rate, normalised in fp16, margin and softmax in fp32), SGD lr 0.1 momentum 0.9
+                 weight decay 5e-4
 
 Baselines get their batches already built in host memory (no decoding): what they measure is their step alone,
 which favours them. FLOPs come from torch's FlopCounterMode over one forward + backward; utilisation uses the
