@@ -19,6 +19,7 @@ import torch
 from config import Config
 from perf.report import result
 from perf.training import JpegFaces
+from utils import run_cli
 
 
 class _Profiled:
@@ -96,4 +97,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_cli(main)  # a bad flag (--threads 0) is one error line, exit 2
