@@ -87,3 +87,29 @@ def test_memory_benchmark_measures_workers_and_a_val_set(capsys):
     printed = capsys.readouterr().out
     assert "worker private memory, 20,000 keys against 1,000" in printed
     assert printed.count("RESULT ") == 3 and "val set of 1,024 images" in printed
+
+
+def test_partial_fc_tensor_memory_counts_the_step_above_what_was_live():
+    import torch
+
+    import partial_fc
+    from heads import build_margin
+    from perf.partial_fc import SGD_SETTINGS, step_tensor_memory
+
+    classes, batch, width = 20_000, 64, 128
+    torch.manual_seed(0)
+    embeddings, labels = torch.randn(batch, width), torch.randint(0, classes, (batch,))
+    measured = {}
+    for rate, sparse in ((0.1, True), (1.0, False)):
+        module = partial_fc.PartialFC(width, classes, build_margin("arcface"), sample_rate=rate, sparse_grad=sparse)
+        optimizer = partial_fc.SGD([module.kernel], **SGD_SETTINGS)
+        module(embeddings.clone().requires_grad_(), labels).backward()  # the momentum buffer exists from here on
+        optimizer.step()
+        optimizer.zero_grad()
+        measured[rate] = step_tensor_memory(module, optimizer, embeddings.clone().requires_grad_(), labels)
+    dense_gradient, logits = classes * width * 4, batch * classes * 4
+    # the full rate holds at least the dense kernel gradient and the logits; the centres and momentum (live
+    # before the step) are not counted, so it stays well under three times that
+    print(measured, dense_gradient, logits)
+    assert dense_gradient + logits <= measured[1.0] < 3 * (dense_gradient + logits + 2 * classes * width * 4)
+    assert 0 < measured[0.1] < measured[1.0] / 4
