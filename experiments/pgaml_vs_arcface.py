@@ -39,6 +39,11 @@ def parse_args(argv=None):
     parser.add_argument("--only", default=None, metavar="ARM[,ARM]",
                         help="run and report these arms only (default: the profile's arms)")
     parser.add_argument("--seeds", default=None, metavar="S[,S]", help="these seeds instead of the profile's")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="every run trains this many steps instead of the profile's (its LR schedule spans them; "
+                             "the report says so): perf.gpu_session sizes a GPU run to its time this way")
+    parser.add_argument("--eval_every", type=int, default=None,
+                        help="steps between the learning curves' evaluations instead of the profile's")
     parser.add_argument("--max_steps", type=int, default=None,
                         help="stop every run at this step, the schedule unchanged (smoke tests; the report says so)")
     parser.add_argument("--jobs", type=int, default=None,
@@ -118,7 +123,7 @@ def main(argv=None) -> int:
     from experiments.seeded_report import write_report
 
     plan = load_plan(args.config, args.profile, args.out, _names(args.only, "--only"), _seeds(args.seeds),
-                     args.max_steps, args.jobs)
+                     args.max_steps, args.jobs, args.steps, args.eval_every)
     if args.dry_run:
         num_images = planned_images(plan)
         if num_images is None:

@@ -221,7 +221,8 @@ def read_data(values, where: str) -> tuple[Path, dict | None]:
 
 
 def load_plan(path: str | Path, profile: str, out: str | Path | None = None, only: list[str] | None = None,
-              seeds: list[int] | None = None, max_steps: int | None = None, jobs: int | None = None) -> Plan:
+              seeds: list[int] | None = None, max_steps: int | None = None, jobs: int | None = None,
+              steps: int | None = None, eval_every: int | None = None) -> Plan:
     """The plan of `profile` in the YAML at `path`, with the command line's overrides."""
     source = str(path)
     settings = read_settings(path)
@@ -251,14 +252,15 @@ def load_plan(path: str | Path, profile: str, out: str | Path | None = None, onl
     if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
             or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)):
         raise UserError(f"{where}.seeds: expected a list of distinct whole numbers >= 0, got {seeds!r}")
-    steps = _int(chosen["steps"], f"{where}.steps", 1)
+    steps = _int(steps, "--steps", 1) if steps is not None else _int(chosen["steps"], f"{where}.steps", 1)
     if max_steps is not None:
         _int(max_steps, "--max_steps", 1)
     jobs = _int(jobs, "--jobs", 1) if jobs is not None else _int(chosen.get("jobs", 1), f"{where}.jobs", 1)
     shared = _mapping(settings.get("evaluation"), f"{source}: evaluation", EVALUATION_KEYS)
     evaluation = {**EVALUATION_DEFAULTS, **shared, **_mapping(chosen.get("evaluation"), f"{where}.evaluation",
                                                               EVALUATION_KEYS)}
-    eval_every = _int(evaluation["eval_every"], f"{where}.evaluation.eval_every", 1)
+    eval_every = (_int(eval_every, "--eval_every", 1) if eval_every is not None
+                  else _int(evaluation["eval_every"], f"{where}.evaluation.eval_every", 1))
     if not isinstance(evaluation["val_sets"], str):
         raise UserError(f"{where}.evaluation.val_sets: 'all' or a comma-separated list of val set names")
     data_path, generate = read_data(chosen["data"], f"{where}.data")
@@ -266,7 +268,8 @@ def load_plan(path: str | Path, profile: str, out: str | Path | None = None, onl
     return Plan(source=source, profile=profile, out=out_dir, data_path=data_path, generate=generate,
                 recipe=read_recipe(chosen["recipe"], f"{where}.recipe"), steps=steps, seeds=list(seeds), arms=arms,
                 spec=read_spec(evaluation, f"{where}.evaluation"), val_sets=evaluation["val_sets"],
-                eval_every=eval_every, max_steps=max_steps, jobs=jobs, settings=chosen)
+                eval_every=eval_every, max_steps=max_steps, jobs=jobs,
+                settings={**chosen, "steps": steps, "evaluation": {**evaluation, "eval_every": eval_every}})
 
 
 # ------------------------------------------------------------------------------------------ data

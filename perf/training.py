@@ -366,12 +366,16 @@ def main(argv=None) -> int:
         print(f"{row.trainer:14s} {row.net:14s} {row.batch:5d} {row.precision:>5s} {row.head:>8s} {row.classes:9d} "
               f"{row.sample_rate:5.2f} {row.images_per_s:8.1f} {memory:>8s} {row.tflops_per_s:8.2f} {mfu:>6s} "
               f"{wait:>9s}", flush=True)
+        # a baseline comes after ours at its net and batch (plan()): its comparison is printed now, so a run
+        # stopped part-way (perf.gpu_session gives it a share of a lent GPU's minutes) keeps what it measured
+        for best, base, target in comparisons(rows):
+            if base is row:
+                result(f"training {best.net} batch {best.batch}, {best.classes:,} classes x{best.sample_rate:g} "
+                       f"({best.precision} vs {base.precision}, {device.type})", best.images_per_s,
+                       base.images_per_s, "img/s", base.trainer,
+                       target if device.type == "cuda" else None)  # the targets are the GPU path's
     for line in ratios(rows):
         print(line)
-    for row, base, target in comparisons(rows):
-        result(f"training {row.net} batch {row.batch}, {row.classes:,} classes x{row.sample_rate:g} ({row.precision} "
-               f"vs {base.precision}, {device.type})", row.images_per_s, base.images_per_s, "img/s", base.trainer,
-               target if device.type == "cuda" else None)  # the targets are the GPU path's
     if args.json:
         with open(args.json, "w") as f:
             json.dump([asdict(r) for r in rows], f, indent=1)

@@ -1,9 +1,11 @@
-"""Small generated images and record folders shared by the tests (no downloads, no synthetic renderer)."""
+"""Small generated images, record folders and experiment YAMLs shared by the tests (no downloads, no synthetic
+renderer)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from data.images import encode_jpeg
 from data.recordio import IRHeader, RecordWriter, pack, write_property
@@ -97,3 +99,23 @@ def run_command(script: str, *args, timeout: float = 300):
     root = Path(__file__).resolve().parent.parent
     return subprocess.run([sys.executable, script, *map(str, args)], cwd=root, capture_output=True, text=True,
                           timeout=timeout)
+
+
+TINY_RECIPE = {"net_mode": "mobilefacenet", "embedding_size": 64, "batch_size": 8, "lr": 0.05, "schedule": "cosine",
+               "num_workers": 0, "num_threads": 1, "val_batch_size": 64, "val_flip": False, "log_every": 2}
+
+
+def tiny_experiment_config(tmp_path, data: dict, **profile) -> str:
+    """A YAML with two arms (ArcFace, PGAML m2 0.2) and a `tiny` profile of 2 seeds x 4 steps."""
+    settings = {
+        "out": str(tmp_path / "out"),
+        "arms": {"arcface": {"head": "arcface"},
+                 "pgaml": {"head": "pgaml", "head_options": {"m2": 0.2}, "use_height": True, "pose_schedule": 0},
+                 "pgaml_no_height": {"head": "pgaml", "head_options": {"m2": 0.2}, "use_height": False}},
+        "evaluation": {"val_sets": "cfp_fp", "eval_every": 2, "resolutions": [112, 28]},
+        "profiles": {"tiny": {"data": data, "recipe": dict(TINY_RECIPE), "margin": {"s": 16.0, "m": 0.3},
+                              "steps": 4, "seeds": [0, 1], "arms": ["arcface", "pgaml"], **profile}},
+    }
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(settings, sort_keys=False))
+    return str(path)

@@ -18,28 +18,8 @@ from experiments import pgaml_vs_arcface, runs
 from experiments.plan import Comparison, comparisons, load_plan
 from experiments.runs import RunOutcome
 from experiments.seeded_report import compare_over_seeds, seed_summary
-from tests.helpers import run_command
+from tests.helpers import run_command, tiny_experiment_config as tiny_config
 from utils import UserError
-
-TINY_RECIPE = {"net_mode": "mobilefacenet", "embedding_size": 64, "batch_size": 8, "lr": 0.05, "schedule": "cosine",
-               "num_workers": 0, "num_threads": 1, "val_batch_size": 64, "val_flip": False, "log_every": 2}
-
-
-def tiny_config(tmp_path, data: dict, **profile) -> str:
-    """A YAML with two arms (ArcFace, PGAML m2 0.2) and a `tiny` profile of 2 seeds x 4 steps."""
-    settings = {
-        "out": str(tmp_path / "out"),
-        "arms": {"arcface": {"head": "arcface"},
-                 "pgaml": {"head": "pgaml", "head_options": {"m2": 0.2}, "use_height": True, "pose_schedule": 0},
-                 "pgaml_no_height": {"head": "pgaml", "head_options": {"m2": 0.2}, "use_height": False}},
-        "evaluation": {"val_sets": "cfp_fp", "eval_every": 2, "resolutions": [112, 28]},
-        "profiles": {"tiny": {"data": data, "recipe": dict(TINY_RECIPE), "margin": {"s": 16.0, "m": 0.3},
-                              "steps": 4, "seeds": [0, 1], "arms": ["arcface", "pgaml"], **profile}},
-    }
-    path = tmp_path / "experiment.yaml"
-    path.write_text(yaml.safe_dump(settings, sort_keys=False))
-    return str(path)
-
 
 def test_a_tiny_experiment_writes_its_report_and_reruns_skip_finished_runs(tmp_path, monkeypatch, capsys):
     data = {"path": str(tmp_path / "data"),
@@ -175,6 +155,11 @@ def test_the_dry_run_prints_the_plan_and_trains_nothing(tmp_path, train_data, ca
     assert "arms x seeds: 2 x 3 = 6 runs (0 finished, 6 to train)" in text
     assert "4 steps x batch 8 = 32 per run, 192 in all" in text and "pgaml vs arcface" in text
     assert not (tmp_path / "out").exists()
+    # --steps and --eval_every replace the profile's (perf.gpu_session sizes runs this way)
+    assert pgaml_vs_arcface.main(["--config", config, "--profile", "tiny", "--dry-run", "--steps", "15",
+                                  "--eval_every", "5"]) == 0
+    text = capsys.readouterr().out
+    assert "steps: 15 per run = 2 epoch(s) of 10 steps" in text and "3 evaluations per run (every 5 steps" in text
 
 
 @pytest.mark.parametrize("change, message", [
@@ -247,12 +232,15 @@ def test_the_shipped_yaml_plans_both_profiles():
     gpu = load_plan("experiments/pgaml_vs_arcface.yaml", "gpu")
     assert [a.name for a in cpu.arms] == ["arcface", "pgaml_m2_0.2", "pgaml_m2_0.4"] and cpu.seeds == [0, 1, 2]
     assert cpu.steps == 372 and cpu.recipe["net_mode"] == "mobilefacenet" and cpu.batch_size == 32
-    assert cpu.jobs == 2 and cpu.recipe["num_threads"] == 1 and gpu.jobs == 1  # 2 x 1 thread fills 2 cores
-    assert len(gpu.arms) == 9 and len(gpu.seeds) >= 3 and gpu.batch_size == 256
-    kinds = [c.kind for c in comparisons(gpu.arms)]
+    assert cpu.jobs == 2 and cpu.recipe["num_threads"] == 1 and gpu.jobs == 3  # 2 x 1 thread fills 2 cores
+    assert [a.name for a in gpu.arms] == [a.name for a in cpu.arms] and len(gpu.seeds) >= 3
+    assert gpu.batch_size == 256 and gpu.recipe["net_mode"] == "ir_se"
+    every_arm = load_plan("experiments/pgaml_vs_arcface.yaml", "gpu", only=list(yaml.safe_load(
+        open("experiments/pgaml_vs_arcface.yaml"))["arms"]))
+    kinds = [c.kind for c in comparisons(every_arm.arms)]
     assert (kinds.count("pgaml vs arcface"), kinds.count("height term"), kinds.count("pose schedule")) == (8, 4, 4)
-    assert {a.head_options["m2"] for a in gpu.arms if a.head == "pgaml"} == {0.2, 0.4}
-    assert all(len(r.config.to_dict()) for r in gpu.runs(100000))  # every run's Config is valid
+    assert {a.head_options["m2"] for a in every_arm.arms if a.head == "pgaml"} == {0.2, 0.4}
+    assert all(len(r.config.to_dict()) for r in every_arm.runs(40000))  # every run's Config is valid
 
 
 def test_data_generated_with_other_parameters_is_refused(tmp_path, train_data):

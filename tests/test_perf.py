@@ -24,6 +24,10 @@ def test_training_benchmark_measures_ours_and_both_baselines(tmp_path, capsys):
     assert all(0 <= r["data_wait_fraction"] < 1 for r in rows if r["trainer"] == "ours")
     printed = capsys.readouterr().out
     assert printed.count("ours (fp32) / ") == 3 and "GPU target 3x" in printed and "GPU target 1.3x" in printed
+    # each comparison is printed as soon as its baseline is measured: a run stopped part-way keeps it
+    lines = printed.splitlines()
+    first_result = next(i for i, x in enumerate(lines) if x.startswith("RESULT "))
+    assert printed.count("RESULT ") == 3 and lines[first_result - 1].startswith("treb1en ")
 
 
 def test_treb1en_head_is_arcface_with_its_fallback():
