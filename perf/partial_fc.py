@@ -42,12 +42,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from torch._C._profiler import _EventType
-from torch.profiler import ProfilerActivity, profile
-
 import partial_fc
 from heads import build_margin
 from partial_fc import PartialFC
+from perf.allocations import peak_allocated
 from perf.report import result
 
 TARGET_SPEEDUP, TARGET_MEMORY = 5.0, 5.0
@@ -72,20 +70,11 @@ def nbytes(tensor: torch.Tensor) -> int:
 
 def step_tensor_memory(module: PartialFC, optimizer, embeddings, labels) -> int:
     """Peak live tensor bytes during one forward + backward + SGD step, less those live at its start."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+    def step():
         module(embeddings, labels).backward()
         optimizer.step()
         optimizer.zero_grad()
-    # Each allocation event carries the bytes the CPU allocator has handed out since profiling began (frees
-    # subtract), so their maximum is the step's peak above what was live when it started.
-    allocations = []
-    pending = list(profiler.profiler.kineto_results.experimental_event_tree())
-    while pending:
-        event = pending.pop()
-        pending.extend(event.children)
-        if event.tag == _EventType.Allocation:
-            allocations.append(event.extra_fields.total_allocated)
-    return max(allocations, default=0)
+    return peak_allocated(step)[1]
 
 
 def worker(rank: int, args, rate: float, sparse_grad: bool, out_dir: Path) -> None:

@@ -91,6 +91,27 @@ def test_memory_benchmark_measures_workers_and_a_val_set(capsys):
     printed = capsys.readouterr().out
     assert "worker private memory, 20,000 keys against 1,000" in printed
     assert printed.count("RESULT ") == 3 and "val set of 1,024 images" in printed
+    assert "peak tensor + array memory" in printed and "tensors and arrays" in printed
+
+
+def test_peak_allocated_counts_what_the_call_allocates_above_what_was_live():
+    import numpy as np
+    import torch
+
+    from perf.allocations import peak_allocated
+
+    live = torch.ones(4_000_000), np.ones(4_000_000)  # 16 MB and 32 MB before the call: not counted
+
+    def call():
+        a = torch.empty(2_500_000)           # 10 MB of tensor, freed before the next one: the peak is the larger
+        del a
+        b = torch.empty(5_000_000)           # 20 MB
+        c = np.empty(1_250_000)              # 10 MB of array
+        return float(b.numel() + c.size) + live[0][0].item()
+
+    value, tensors, arrays = peak_allocated(call)
+    assert value == 6_250_001.0
+    assert 20_000_000 <= tensors < 21_000_000 and 10_000_000 <= arrays < 11_000_000
 
 
 def test_partial_fc_tensor_memory_counts_the_step_above_what_was_live():
