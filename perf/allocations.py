@@ -18,12 +18,12 @@ def peak_allocated(call: Callable[[], T]) -> tuple[T, int, int]:
     tracing = tracemalloc.is_tracing()
     if not tracing:
         tracemalloc.start()
-    tracemalloc.reset_peak()
-    start, _ = tracemalloc.get_traced_memory()
     try:
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+            tracemalloc.reset_peak()  # after the profiler's start, whose own allocations are not the call's
+            start, _ = tracemalloc.get_traced_memory()
             value = call()
-        _, python_peak = tracemalloc.get_traced_memory()
+            _, python_peak = tracemalloc.get_traced_memory()  # before the profiler builds its own records
     finally:
         if not tracing:
             tracemalloc.stop()
