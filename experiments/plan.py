@@ -268,8 +268,7 @@ def load_plan(path: str | Path, profile: str, out: str | Path | None = None, onl
     return Plan(source=source, profile=profile, out=out_dir, data_path=data_path, generate=generate,
                 recipe=read_recipe(chosen["recipe"], f"{where}.recipe"), steps=steps, seeds=list(seeds), arms=arms,
                 spec=read_spec(evaluation, f"{where}.evaluation"), val_sets=evaluation["val_sets"],
-                eval_every=eval_every, max_steps=max_steps, jobs=jobs,
-                settings={**chosen, "steps": steps, "evaluation": {**evaluation, "eval_every": eval_every}})
+                eval_every=eval_every, max_steps=max_steps, jobs=jobs, settings=chosen)
 
 
 # ------------------------------------------------------------------------------------------ data

@@ -36,8 +36,6 @@ def peak_allocated(call: Callable[[], T]) -> tuple[T, int, int]:
         pending.extend(event.children)
         if event.tag == _EventType.Allocation:
             events.append((event.start_time_ns, event.extra_fields.alloc_size, event.extra_fields.total_allocated))
-    if not events:
-        return value, 0, max(0, python_peak - start)
     events.sort()
-    before = events[0][2] - events[0][1]
-    return value, max(total for *_, total in events) - before, max(0, python_peak - start)
+    tensors = max(total for *_, total in events) - (events[0][2] - events[0][1]) if events else 0
+    return value, tensors, max(0, python_peak - start)

@@ -239,7 +239,7 @@ def main(argv=None) -> int:
     began = time.monotonic()
     deadline = began + args.budget
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.work.exists() and "experiment" not in args.skip:
+    if "experiment" not in args.skip:
         shutil.rmtree(args.work / "report", ignore_errors=True)  # a report of an earlier call is not this one's
     args.work.mkdir(parents=True, exist_ok=True)
     stages = [environment(args.out)]
