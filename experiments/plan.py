@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from config import Config, read_settings
@@ -87,7 +87,6 @@ class Plan:
     eval_every: int
     max_steps: int | None = None  # --max_steps: every run stops there (smoke tests); the schedule is unchanged
     jobs: int = 1                 # runs trained at a time, each in its own process (how, not what, it computes)
-    settings: dict = field(default_factory=dict)  # the profile as read, for results.json
 
     @property
     def batch_size(self) -> int:
@@ -268,7 +267,7 @@ def load_plan(path: str | Path, profile: str, out: str | Path | None = None, onl
     return Plan(source=source, profile=profile, out=out_dir, data_path=data_path, generate=generate,
                 recipe=read_recipe(chosen["recipe"], f"{where}.recipe"), steps=steps, seeds=list(seeds), arms=arms,
                 spec=read_spec(evaluation, f"{where}.evaluation"), val_sets=evaluation["val_sets"],
-                eval_every=eval_every, max_steps=max_steps, jobs=jobs, settings=chosen)
+                eval_every=eval_every, max_steps=max_steps, jobs=jobs)
 
 
 # ------------------------------------------------------------------------------------------ data

@@ -134,12 +134,12 @@ def perf_stage(out: Path, work: Path, timeout: float) -> Stage:
                  f"log: {work / 'perf.log'}")
 
 
-def net_name(recipe: dict) -> str:
+def recipe_net(recipe: dict) -> str:
     """perf.training's name of the recipe's backbone ('ir_se' + depth 50 -> 'ir_se_50')."""
     from config import Config
+    from perf.training import net_name
 
-    mode = recipe.get("net_mode", Config.net_mode)
-    return f"{mode}_{recipe.get('depth', Config.depth)}" if mode in ("ir_se", "ir") else mode
+    return net_name(recipe.get("net_mode", Config.net_mode), recipe.get("depth", Config.depth))
 
 
 def calibrate(plan, classes: int, device: str, work: Path, timeout: float) -> tuple[float, float]:
@@ -149,7 +149,7 @@ def calibrate(plan, classes: int, device: str, work: Path, timeout: float) -> tu
     amp = plan.recipe.get("amp", Config.amp)
     steps, warmup = 10, 5
     rows = work / "calibration.json"
-    command = [sys.executable, "-m", "perf.training", "--device", device, "--nets", net_name(plan.recipe),
+    command = [sys.executable, "-m", "perf.training", "--device", device, "--nets", recipe_net(plan.recipe),
                "--batches", str(plan.batch_size), "--precisions", "fp32" if amp == "off" else amp,
                "--heads", "arcface", "--classes", str(classes), "--pfc_classes", "0", "--baselines", "none",
                "--steps", str(steps), "--warmup", str(warmup), "--json", str(rows)]
@@ -191,7 +191,7 @@ def experiment_stage(args, deadline: float) -> tuple[list[Stage], Path | None]:
     images_per_s, startup = calibrate(plan, meta["num_classes"], args.device, work,
                                       deadline - time.monotonic() - RESERVE_S)
     stages.append(Stage("calibration", time.perf_counter() - started, "ok",
-                        f"{net_name(plan.recipe)} batch {plan.batch_size}: {images_per_s:.0f} img/s, start-up "
+                        f"{recipe_net(plan.recipe)} batch {plan.batch_size}: {images_per_s:.0f} img/s, start-up "
                         f"{startup:.0f} s (log: {work / 'calibration.log'})"))
     runs = len(plan.arms) * len(plan.seeds)
     left = deadline - time.monotonic() - RESERVE_S

@@ -150,14 +150,27 @@ class _Timings:
             self.compute += record.compute_s
 
 
+DEPTH_FAMILIES = ("ir_se", "ir")  # net modes whose depth is part of the benchmark's name
+
+
+def net_name(mode: str, depth: int) -> str:
+    """The benchmark's name of a backbone: ('ir_se', 50) -> 'ir_se_50'; ('r50', any) -> 'r50'."""
+    return f"{mode}_{depth}" if mode in DEPTH_FAMILIES else mode
+
+
+def parse_net(net: str) -> tuple[str, int]:
+    """(Config.net_mode, Config.depth) of a benchmark's backbone name, the inverse of net_name."""
+    family, _, depth = net.rpartition("_")  # 'r50', 'mobilefacenet' are families of their own
+    return (family, int(depth)) if family in DEPTH_FAMILIES else (net, 50)
+
+
 def ours(net: str, batch: int, precision: str, head: str, classes: int, sample_rate: float, steps: int,
          warmup: int, device: torch.device, compile: bool, fused_sgd: str = "auto") -> tuple[float, float]:
     """(images/s, data-wait fraction) of the Learner's own loop."""
     from learner import Learner
     from training.hooks import Checkpointing, Evaluation
 
-    family, _, depth = net.rpartition("_")  # 'ir_se_50' -> ir_se, 50; 'r50', 'mobilefacenet' are families
-    name, depth = (family, int(depth)) if family in ("ir_se", "ir") else (net, 50)
+    name, depth = parse_net(net)
     with tempfile.TemporaryDirectory() as work:
         config = Config(data_path=work, work_path=work, net_mode=name, depth=depth, head=head,
                         sample_rate=sample_rate, batch_size=batch, epochs=1, lr=0.1,

@@ -62,3 +62,14 @@ def test_bad_flags_are_one_error_naming_them(tmp_path, flags, message):
 
     with pytest.raises(UserError, match=message):
         gpu_session.main(["--out", str(tmp_path), *flags])
+
+
+@pytest.mark.parametrize("recipe, name", [({"net_mode": "ir_se", "depth": 50}, "ir_se_50"),
+                                          ({"net_mode": "ir", "depth": 100}, "ir_100"),
+                                          ({"net_mode": "mobilefacenet"}, "mobilefacenet"),
+                                          ({"net_mode": "r50"}, "r50")])
+def test_the_calibration_measures_the_recipe_s_own_backbone(recipe, name):
+    from perf.training import parse_net
+
+    assert gpu_session.recipe_net(recipe) == name
+    assert parse_net(name) == (recipe["net_mode"], recipe.get("depth", 50))
